@@ -1,0 +1,59 @@
+"""The `atom-tier` command: doctor, settings, and the tools later modules add."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from atom_tier import __version__
+from atom_tier.settings import SettingsError
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from atom_tier.cli import doctor
+
+    parser = sub.add_parser("doctor", help="preflight report: what is active, what is wrong, fixes")
+    doctor.add_arguments(parser)
+    parser.set_defaults(runner=doctor.run)
+
+
+def _add_settings(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from atom_tier.cli import settings_table
+
+    parser = sub.add_parser("settings", help="list every setting, its variables and default")
+    settings_table.add_arguments(parser)
+    parser.set_defaults(runner=settings_table.run)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+    _add_doctor,
+    _add_settings,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atom-tier", description="vLLM on AMD Instinct GPUs, fast with no hand tuning."
+    )
+    parser.add_argument("--version", action="version", version=f"atom-tier {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runner: Runner = args.runner
+    try:
+        return runner(args)
+    except SettingsError as exc:
+        print(f"atom-tier: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

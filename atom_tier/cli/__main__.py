@@ -1,0 +1,5 @@
+import sys
+
+from atom_tier.cli import main
+
+sys.exit(main())

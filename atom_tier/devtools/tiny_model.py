@@ -1,0 +1,105 @@
+"""A tiny random-weight Qwen3 model that CPU vLLM really serves, for tests and `make demo`.
+
+No weights can be downloaded on development machines, so the model is generated: a Qwen3
+config (it has the q/k norms that atom-tier's fused QK-norm + RoPE path targets), random bf16
+weights from a fixed seed, and a WordLevel tokenizer over a small made-up vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORDS = 500
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+MARKER_FILE = "atom-tier-tiny-model.json"
+# Bump when what build_tiny_model writes changes, so an old cached directory is rebuilt.
+FORMAT_VERSION = 1
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|> {{ message['role'] }} {{ message['content'] }}"
+    " <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+
+
+def vocabulary() -> dict[str, int]:
+    """Token string -> id: the special tokens, the roles of the chat template, then w0..wN."""
+    tokens = [*SPECIAL_TOKENS, "system", "user", "assistant"]
+    tokens += [f"w{i}" for i in range(WORDS)]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def words(count: int, *, start: int = 0) -> str:
+    """A prompt of `count` vocabulary words (each one token), deterministic from `start`."""
+    return " ".join(f"w{(start + i * 7) % WORDS}" for i in range(count))
+
+
+def _write_tokenizer(out_dir: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|endoftext|>",
+        bos_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+
+
+def _write_model(out_dir: Path, seed: int) -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    vocab_size = len(vocabulary())
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=8192,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+        bos_token_id=None,
+        eos_token_id=vocabulary()["<|endoftext|>"],
+        pad_token_id=vocabulary()["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write the tiny model to `out_dir` (created) unless an identical one is there already."""
+    out_dir = Path(out_dir)
+    marker = out_dir / MARKER_FILE
+    wanted = {"format": FORMAT_VERSION, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_model(out_dir, seed)
+    _write_tokenizer(out_dir)
+    marker.write_text(json.dumps(wanted))
+    return out_dir
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write atom-tier's tiny random test model.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_model(args.out_dir, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

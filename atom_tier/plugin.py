@@ -1,0 +1,43 @@
+"""vLLM entry points.
+
+`register_platform` (group `vllm.platform_plugins`) runs when vLLM resolves its platform, in every
+process; `register` (group `vllm.general_plugins`) runs once in every vLLM process: API server,
+engine core and workers. Both must be cheap and safe to call repeatedly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from atom_tier import __version__
+from atom_tier.log import get_logger
+from atom_tier.settings import load_foreign_env, load_settings
+
+logger = get_logger(__name__)
+
+# vLLM's prefix-cache hash root (and LMCache's chunk keys, chained from it) come from
+# PYTHONHASHSEED; unset, every process picks its own random root and nothing ever hits.
+DEFAULT_HASH_SEED = "0"
+
+
+def ensure_hash_seed() -> None:
+    """Fix PYTHONHASHSEED for this process's vLLM code and every process it spawns."""
+    if load_foreign_env().pythonhashseed is None:
+        os.environ["PYTHONHASHSEED"] = DEFAULT_HASH_SEED
+
+
+def register_platform() -> str | None:
+    """vllm.platform_plugins: the atom-tier platform class path, or None to stand aside."""
+    settings = load_settings()
+    if settings.disable:
+        return None
+    return None
+
+
+def register() -> None:
+    """vllm.general_plugins: hash seed and connector registration, in every vLLM process."""
+    settings = load_settings()  # a bad variable stops vLLM here, with the variable named
+    if settings.disable:
+        return
+    ensure_hash_seed()
+    logger.info("atom-tier %s general plugin loaded (pid %d)", __version__, os.getpid())

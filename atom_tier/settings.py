@@ -1,0 +1,296 @@
+"""Every knob atom-tier has, read from the environment in this one place.
+
+Operators tune atom-tier with environment variables (a Kubernetes manifest sets env, not code).
+Each field is read from ``ATOM_TIER_<NAME>``; some also accept the names users already copy from
+the published MI300X recipes (LMCache's and AITER's), with the ``ATOM_TIER_*`` name winning.
+
+No other module of atom-tier reads ``os.environ``: they call :func:`load_settings` (atom-tier's
+own knobs) or :func:`load_foreign_env` (variables owned by Python, vLLM, AITER or ATOM that
+atom-tier consults).  Modules may still *set* variables that AITER/vLLM read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ATOM_TIER_"
+
+
+class SettingsError(ValueError):
+    """A variable holds a value atom-tier cannot use; the message names it and what is allowed."""
+
+
+class QuickReduce(str, Enum):
+    """Quick all-reduce quantization (vLLM ``VLLM_ROCM_QUICK_REDUCE_QUANTIZATION`` names)."""
+
+    INT4 = "INT4"
+    INT6 = "INT6"
+    INT8 = "INT8"
+    FP = "FP"
+    NONE = "NONE"
+
+
+class ConnectorEngine(str, Enum):
+    """Which engine serves the tiered KV cache."""
+
+    NATIVE = "native"
+    LMCACHE = "lmcache"
+    OFF = "off"
+
+
+class KvCacheDtype(str, Enum):
+    """KV cache dtype atom-tier asks for when the user left vLLM's at ``auto``."""
+
+    FP8 = "fp8"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
+    AUTO = "auto"
+
+
+class EvictionPolicy(str, Enum):
+    """Eviction policy of the DRAM tier (vLLM's offloading managers offer both)."""
+
+    LRU = "lru"
+    ARC = "arc"
+
+
+def _env(name: str, *fallbacks: str) -> Any:
+    """Field aliases: the ATOM_TIER_ name first, so it wins over recipe fallbacks."""
+    return AliasChoices(ENV_PREFIX + name, *fallbacks)
+
+
+class AtomTierSettings(BaseSettings):
+    """atom-tier's settings. Field descriptions become the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+        env_ignore_empty=True,
+    )
+
+    disable: bool = Field(
+        False,
+        validation_alias=_env("DISABLE"),
+        description="Turn atom-tier off entirely: vLLM behaves exactly as without it.",
+    )
+    allow_eager: bool = Field(
+        False,
+        validation_alias=_env("ALLOW_EAGER"),
+        description="Escape hatch: honour `--enforce-eager` instead of forcing CUDA graphs "
+        "to FULL_AND_PIECEWISE (eager costs 3-5x throughput).",
+    )
+    kv_cache_dtype: KvCacheDtype = Field(
+        KvCacheDtype.FP8,
+        validation_alias=_env("KV_CACHE_DTYPE"),
+        description="KV cache dtype used when `--kv-cache-dtype` is left at `auto`; "
+        "`auto` keeps vLLM's choice.",
+    )
+    quick_reduce: QuickReduce = Field(
+        QuickReduce.INT4,
+        validation_alias=_env("QUICK_REDUCE", "AITER_QUICK_REDUCE_QUANTIZATION"),
+        description="Quick all-reduce quantization for tensor parallelism on ROCm; "
+        "`NONE` disables it.",
+    )
+    fused_qk_norm_rope: bool = Field(
+        True,
+        validation_alias=_env(
+            "FUSED_QK_NORM_ROPE", "ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION"
+        ),
+        description="Fused QK-RMSNorm + RoPE + FP8 KV-cache write pass, where AITER "
+        "supports the model's head dim.",
+    )
+    connector: ConnectorEngine = Field(
+        ConnectorEngine.NATIVE,
+        validation_alias=_env("CONNECTOR"),
+        description="Tiered KV cache engine: `native` (vLLM offloading + atom-tier NVMe "
+        "tier), `lmcache`, or `off`.",
+    )
+    dram_gb: float | None = Field(
+        None,
+        ge=0,
+        validation_alias=_env("DRAM_GB", "LMCACHE_MAX_LOCAL_CPU_SIZE"),
+        description="Host DRAM tier size in GB (0 turns the tier off); unset: sized "
+        "automatically from free host memory.",
+    )
+    dram_enabled: bool = Field(
+        True,
+        validation_alias=_env("DRAM_ENABLED", "LMCACHE_LOCAL_CPU"),
+        description="Keep a host DRAM tier at all (false is the same as `DRAM_GB=0`).",
+    )
+    eviction: EvictionPolicy = Field(
+        EvictionPolicy.LRU,
+        validation_alias=_env("EVICTION"),
+        description="Eviction policy of the DRAM tier: `lru` or `arc`.",
+    )
+    nvme_path: Path | None = Field(
+        None,
+        validation_alias=_env("NVME_PATH", "LMCACHE_LOCAL_DISK"),
+        description="Directory of the NVMe tier; unset: no NVMe tier.",
+    )
+    nvme_gb: float | None = Field(
+        None,
+        ge=0,
+        validation_alias=_env("NVME_GB", "LMCACHE_MAX_LOCAL_DISK_SIZE"),
+        description="Hard capacity cap of the NVMe tier in GB; unset: sized automatically "
+        "from the free space at start-up.",
+    )
+    chunk_tokens: int = Field(
+        256,
+        gt=0,
+        validation_alias=_env("CHUNK_TOKENS", "LMCACHE_CHUNK_SIZE"),
+        description="Tokens per offloaded chunk (a multiple of vLLM's block size).",
+    )
+    save_decode: bool = Field(
+        False,
+        validation_alias=_env("SAVE_DECODE", "LMCACHE_SAVE_DECODE_CACHE"),
+        description="Also save decode-phase KV (prompt KV only by default: saving decode "
+        "KV stalled decoding 100-250 s in published runs).",
+    )
+    cpu_platform: bool = Field(
+        False,
+        validation_alias=_env("CPU_PLATFORM"),
+        description="Opt-in CPU development platform that applies atom-tier's policy to "
+        "CPU vLLM (development and CI).",
+    )
+
+    @field_validator("quick_reduce", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kv_cache_dtype", "connector", "eviction", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("nvme_path", mode="before")
+    @classmethod
+    def _strip_file_scheme(cls, value: Any) -> Any:
+        # LMCache recipes write LMCACHE_LOCAL_DISK as "file:///mnt/nvme/cache/".
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("file://"):
+                value = value[len("file://") :]
+            return value or None
+        return value
+
+    @property
+    def dram_tier_gb(self) -> float | None:
+        """DRAM tier size: 0 when turned off, None when it is to be sized automatically."""
+        return 0.0 if not self.dram_enabled else self.dram_gb
+
+    @property
+    def nvme_enabled(self) -> bool:
+        # LMCache recipes turn the disk tier off with a size of 0.
+        return self.nvme_path is not None and self.nvme_gb != 0
+
+
+class ForeignEnv(BaseSettings):
+    """Variables owned by others (Python, vLLM, AITER, ATOM) that atom-tier consults."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    pythonhashseed: str | None = Field(None, validation_alias="PYTHONHASHSEED")
+    atom_disable_vllm_plugin: str | None = Field(None, validation_alias="ATOM_DISABLE_VLLM_PLUGIN")
+    vllm_target_device: str | None = Field(None, validation_alias="VLLM_TARGET_DEVICE")
+    vllm_plugins: str | None = Field(None, validation_alias="VLLM_PLUGINS")
+    vllm_rocm_use_aiter: str | None = Field(None, validation_alias="VLLM_ROCM_USE_AITER")
+    vllm_rocm_quick_reduce: str | None = Field(
+        None, validation_alias="VLLM_ROCM_QUICK_REDUCE_QUANTIZATION"
+    )
+    aiter_quick_reduce: str | None = Field(None, validation_alias="AITER_QUICK_REDUCE_QUANTIZATION")
+
+
+def _source_variable(field: str, environ: Mapping[str, str]) -> str:
+    """The variable a field's value came from (the first alias present), for error messages."""
+    alias = AtomTierSettings.model_fields[field].validation_alias
+    names = [n for n in getattr(alias, "choices", []) if isinstance(n, str)]
+    upper_env = {k.upper() for k in environ}
+    for name in names:
+        if name.upper() in upper_env:
+            return name
+    return names[0] if names else ENV_PREFIX + field.upper()
+
+
+def _allowed(field: str) -> str:
+    annotation = AtomTierSettings.model_fields[field].annotation
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(candidate, type) and issubclass(candidate, Enum):
+            return "one of " + ", ".join(str(m.value) for m in candidate)
+    bounds = []
+    for constraint in AtomTierSettings.model_fields[field].metadata:
+        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(constraint, attr, None) is not None:
+                bounds.append(f"{symbol} {getattr(constraint, attr)}")
+    kinds = {bool: "true or false", int: "an integer", float: "a number", Path: "a path"}
+    for kind, text in kinds.items():
+        if kind in getattr(annotation, "__args__", (annotation,)):
+            return " ".join([text, *bounds])
+    return str(annotation)
+
+
+def _field_of(location: str) -> str:
+    """The field an error location names: a field name, or one of its variable names."""
+    for name, field in AtomTierSettings.model_fields.items():
+        aliases = [str(a).upper() for a in getattr(field.validation_alias, "choices", [])]
+        if location == name or location.upper() in aliases:
+            return name
+    return location
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> AtomTierSettings:
+    """Read atom-tier's settings; a bad value raises SettingsError naming the variable."""
+    env = os.environ if environ is None else environ
+    try:
+        if environ is None:
+            return AtomTierSettings()
+        # An explicit mapping: validate it alone, without the process environment.
+        values = {}
+        for name, field in AtomTierSettings.model_fields.items():
+            for alias in getattr(field.validation_alias, "choices", []):
+                hit = next((v for k, v in env.items() if k.upper() == str(alias).upper()), None)
+                if hit:  # empty counts as unset, as for the process environment
+                    values[name] = hit
+                    break
+        return AtomTierSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = _field_of(str(error["loc"][0]))
+            if field not in AtomTierSettings.model_fields:
+                problems.append(f"{field}: {error['msg']}")
+                continue
+            variable = _source_variable(field, env)
+            value = error.get("input")
+            problems.append(f"{variable}={value!r} is not valid: expected {_allowed(field)}")
+        raise SettingsError("; ".join(problems)) from None
+
+
+def load_foreign_env(environ: Mapping[str, str] | None = None) -> ForeignEnv:
+    """Read the variables of Python, vLLM, AITER and ATOM that atom-tier consults."""
+    if environ is None:
+        return ForeignEnv()
+    names = {f.validation_alias for f in ForeignEnv.model_fields.values()}
+    return ForeignEnv.model_validate({k: v for k, v in environ.items() if k in names})
+
+
+def settings_fields() -> list[tuple[str, list[str], str, str]]:
+    """(variable, fallback variables, default, description) for each setting, in order."""
+    rows = []
+    for field in AtomTierSettings.model_fields.values():
+        names = [str(n) for n in getattr(field.validation_alias, "choices", [])]
+        default = field.default
+        shown = "unset" if default is None else getattr(default, "value", default)
+        if isinstance(shown, bool):
+            shown = str(shown).lower()
+        rows.append((names[0], names[1:], str(shown), field.description or ""))
+    return rows

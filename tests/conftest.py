@@ -1,0 +1,96 @@
+"""Shared fixtures: the tiny generated model and real CPU vLLM servers.
+
+Servers are real `python -m vllm.entrypoints.openai.api_server` processes with atom-tier
+installed (its entry points load inside them). Each costs about a minute to start on a 2-core
+machine, so tests share them where they can: `cpu_server` for the whole session,
+`module_server_factory` per module, `server_factory` per test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atom_tier.devtools.cpu_server import CpuVllmServer
+from atom_tier.devtools.tiny_model import build_tiny_model
+
+ServerFactory = Callable[..., CpuVllmServer]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+class _Servers:
+    """Starts servers and stops every one of them; prints logs of servers of failed tests."""
+
+    def __init__(self, model_dir: Path, workdir: Path) -> None:
+        self.model_dir = model_dir
+        self.workdir = workdir
+        self.started: list[CpuVllmServer] = []
+
+    def start(
+        self,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        model_dir: Path | None = None,
+        **options: Any,
+    ) -> CpuVllmServer:
+        server = CpuVllmServer(
+            model_dir or self.model_dir, workdir=self.workdir, args=args, env=env, **options
+        )
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self, failed: bool) -> None:
+        for server in self.started:
+            server.stop()
+            if failed:
+                print(f"\n--- log of {server.log_path} (last lines) ---\n{server.log_tail(80)}")
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    node = request.node
+    return any(getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+@pytest.fixture
+def server_factory(
+    tiny_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
+    """Start servers for one test: `server_factory(args=[...], env={...})`."""
+    servers = _Servers(tiny_model_dir, tmp_path / "servers")
+    yield servers.start
+    servers.stop_all(_failed(request))
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Start servers shared by the tests of one module; stopped when the module ends."""
+    servers = _Servers(tiny_model_dir, tmp_path_factory.mktemp("module-servers"))
+    yield servers.start
+    servers.stop_all(failed=False)
+
+
+@pytest.fixture(scope="session")
+def cpu_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CpuVllmServer]:
+    """One default CPU vLLM server with atom-tier installed, for the whole session."""
+    servers = _Servers(tiny_model_dir, tmp_path_factory.mktemp("session-server"))
+    yield servers.start()
+    servers.stop_all(failed=False)
