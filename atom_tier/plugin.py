@@ -27,11 +27,14 @@ def ensure_hash_seed() -> None:
 
 
 def register_platform() -> str | None:
-    """vllm.platform_plugins: the atom-tier platform class path, or None to stand aside."""
-    settings = load_settings()
-    if settings.disable:
-        return None
-    return None
+    """vllm.platform_plugins: the atom-tier platform class path, or None to stand aside.
+
+    The decision (ROCm torch, the CPU development switch, ATOM's plugin) and the import-time
+    environment live in atom_tier.platform.selection.
+    """
+    from atom_tier.platform.selection import register_platform as select_platform
+
+    return select_platform()
 
 
 def register() -> None:
@@ -40,4 +43,7 @@ def register() -> None:
     if settings.disable:
         return
     ensure_hash_seed()
+    from atom_tier.connector import register_connector
+
+    register_connector()
     logger.info("atom-tier %s general plugin loaded (pid %d)", __version__, os.getpid())

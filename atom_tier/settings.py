@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "ATOM_TIER_"
 
@@ -61,12 +62,39 @@ class EvictionPolicy(str, Enum):
     ARC = "arc"
 
 
+# True while validating an explicit mapping: the process environment must not leak in.
+_EXPLICIT_ONLY: ContextVar[bool] = ContextVar("atom_tier_explicit_settings", default=False)
+
+
+class _EnvSettings(BaseSettings):
+    """Reads the process environment, unless validating an explicit mapping."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,) if _EXPLICIT_ONLY.get() else (init_settings, env_settings)
+
+
+def _validate_explicit(model: type[BaseSettings], values: dict[str, Any]) -> Any:
+    token = _EXPLICIT_ONLY.set(True)
+    try:
+        return model(**values)
+    finally:
+        _EXPLICIT_ONLY.reset(token)
+
+
 def _env(name: str, *fallbacks: str) -> Any:
     """Field aliases: the ATOM_TIER_ name first, so it wins over recipe fallbacks."""
     return AliasChoices(ENV_PREFIX + name, *fallbacks)
 
 
-class AtomTierSettings(BaseSettings):
+class AtomTierSettings(_EnvSettings):
     """atom-tier's settings. Field descriptions become the README's settings table."""
 
     model_config = SettingsConfigDict(
@@ -102,9 +130,7 @@ class AtomTierSettings(BaseSettings):
     )
     fused_qk_norm_rope: bool = Field(
         True,
-        validation_alias=_env(
-            "FUSED_QK_NORM_ROPE", "ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION"
-        ),
+        validation_alias=_env("FUSED_QK_NORM_ROPE", "ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION"),
         description="Fused QK-RMSNorm + RoPE + FP8 KV-cache write pass, where AITER "
         "supports the model's head dim.",
     )
@@ -161,6 +187,13 @@ class AtomTierSettings(BaseSettings):
         description="Opt-in CPU development platform that applies atom-tier's policy to "
         "CPU vLLM (development and CI).",
     )
+    reload_concurrency: int | None = Field(
+        None,
+        gt=0,
+        validation_alias=_env("RELOAD_CONCURRENCY"),
+        description="Prefix reloads expected at once, for the DRAM-tier size guard; unset: "
+        "as many full-length prefixes as the device KV cache holds.",
+    )
 
     @field_validator("quick_reduce", mode="before")
     @classmethod
@@ -194,10 +227,12 @@ class AtomTierSettings(BaseSettings):
         return self.nvme_path is not None and self.nvme_gb != 0
 
 
-class ForeignEnv(BaseSettings):
+class ForeignEnv(_EnvSettings):
     """Variables owned by others (Python, vLLM, AITER, ATOM) that atom-tier consults."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True
+    )
 
     pythonhashseed: str | None = Field(None, validation_alias="PYTHONHASHSEED")
     atom_disable_vllm_plugin: str | None = Field(None, validation_alias="ATOM_DISABLE_VLLM_PLUGIN")
@@ -261,17 +296,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> AtomTierSettings:
                 if hit:  # empty counts as unset, as for the process environment
                     values[name] = hit
                     break
-        return AtomTierSettings.model_validate(values)
+        settings: AtomTierSettings = _validate_explicit(AtomTierSettings, values)
+        return settings
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = _field_of(str(error["loc"][0]))
-            if field not in AtomTierSettings.model_fields:
-                problems.append(f"{field}: {error['msg']}")
+            field_name = _field_of(str(error["loc"][0]))
+            if field_name not in AtomTierSettings.model_fields:
+                problems.append(f"{field_name}: {error['msg']}")
                 continue
-            variable = _source_variable(field, env)
+            variable = _source_variable(field_name, env)
             value = error.get("input")
-            problems.append(f"{variable}={value!r} is not valid: expected {_allowed(field)}")
+            allowed = _allowed(field_name)
+            problems.append(f"{variable}={value!r} is not valid: expected {allowed}")
         raise SettingsError("; ".join(problems)) from None
 
 
@@ -279,8 +316,11 @@ def load_foreign_env(environ: Mapping[str, str] | None = None) -> ForeignEnv:
     """Read the variables of Python, vLLM, AITER and ATOM that atom-tier consults."""
     if environ is None:
         return ForeignEnv()
-    names = {f.validation_alias for f in ForeignEnv.model_fields.values()}
-    return ForeignEnv.model_validate({k: v for k, v in environ.items() if k in names})
+    names = {f.validation_alias: n for n, f in ForeignEnv.model_fields.items()}
+    env: ForeignEnv = _validate_explicit(
+        ForeignEnv, {names[k]: v for k, v in environ.items() if k in names}
+    )
+    return env
 
 
 def settings_fields() -> list[tuple[str, list[str], str, str]]:

@@ -12,7 +12,7 @@ from atom_tier.settings import SettingsError
 Runner = Callable[[argparse.Namespace], int]
 
 
-def _add_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
     from atom_tier.cli import doctor
 
     parser = sub.add_parser("doctor", help="preflight report: what is active, what is wrong, fixes")
@@ -20,7 +20,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     parser.set_defaults(runner=doctor.run)
 
 
-def _add_settings(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_settings(sub: argparse._SubParsersAction) -> None:
     from atom_tier.cli import settings_table
 
     parser = sub.add_parser("settings", help="list every setting, its variables and default")
@@ -28,7 +28,7 @@ def _add_settings(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.set_defaults(runner=settings_table.run)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_doctor,
     _add_settings,
 ]

@@ -192,7 +192,9 @@ class CpuVllmServer:
         self.stop()
 
     # -- requests ---------------------------------------------------------------------------
-    def request(self, path: str, payload: dict[str, Any] | None = None, timeout: float = 300) -> Any:
+    def request(
+        self, path: str, payload: dict[str, Any] | None = None, timeout: float = 300
+    ) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
             self.base_url + path, data=data, headers={"Content-Type": "application/json"}
@@ -201,7 +203,9 @@ class CpuVllmServer:
             body = reply.read().decode()
         return json.loads(body) if body.lstrip().startswith(("{", "[")) else body
 
-    def complete(self, prompt: str | list[int], max_tokens: int = 8, **extra: Any) -> dict[str, Any]:
+    def complete(
+        self, prompt: str | list[int], max_tokens: int = 8, **extra: Any
+    ) -> dict[str, Any]:
         """Greedy /v1/completions; `extra` adds request fields (logprobs, ignore_eos, ...)."""
         payload = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         payload.update(extra)

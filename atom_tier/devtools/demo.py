@@ -62,7 +62,8 @@ def run_demo(workdir: Path) -> int:
     finally:
         code = server.stop()
     leftover = group_alive(server.pid)
-    print(f"[demo] server stopped (exit status {code}); processes left: {'yes' if leftover else 'none'}")
+    left = "yes" if leftover else "none"
+    print(f"[demo] server stopped (exit status {code}); processes left: {left}")
     return 1 if leftover else 0
 
 

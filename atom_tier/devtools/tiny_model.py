@@ -65,15 +65,16 @@ def _write_model(out_dir: Path, seed: int) -> None:
         num_key_value_heads=2,
         head_dim=32,
         max_position_embeddings=8192,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
-        torch_dtype="bfloat16",
+        dtype="bfloat16",
         bos_token_id=None,
         eos_token_id=vocabulary()["<|endoftext|>"],
         pad_token_id=vocabulary()["<pad>"],
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    # transformers' type stubs reject a dtype for `.to`, which it accepts at run time.
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
 

