@@ -194,6 +194,25 @@ class AtomTierSettings(_EnvSettings):
         description="Prefix reloads expected at once, for the DRAM-tier size guard; unset: "
         "as many full-length prefixes as the device KV cache holds.",
     )
+    lmcache_telemetry: bool = Field(
+        False,
+        validation_alias=_env("LMCACHE_TELEMETRY", "LMCACHE_TRACK_USAGE"),
+        description="Let LMCache send its anonymous usage telemetry (engine `lmcache`); off "
+        "by default so production servers do not call out.",
+    )
+    allow_lmcache_fallback: bool = Field(
+        False,
+        validation_alias=_env("ALLOW_LMCACHE_FALLBACK"),
+        description="Escape hatch: start the `lmcache` engine although LMCache's native ops "
+        "are missing or not built for this GPU (its torch fallback was 1.7x slower than no "
+        "cache).",
+    )
+    allow_lmcache_save_decode: bool = Field(
+        False,
+        validation_alias=_env("ALLOW_LMCACHE_SAVE_DECODE"),
+        description="Escape hatch: let the `lmcache` engine save decode-phase KV when "
+        "`ATOM_TIER_SAVE_DECODE` is on (it stalled decoding 100-250 s in published runs).",
+    )
 
     @field_validator("quick_reduce", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from atom_tier.settings import AtomTierSettings, load_foreign_env, load_settings
 CHECK_MODULES = (
     "atom_tier.preflight.checks_environment",
     "atom_tier.preflight.checks_storage",
+    "atom_tier.preflight.checks_lmcache",
 )
 
 __all__ = [

@@ -64,7 +64,8 @@ def check_dram_memory(ctx: CheckContext) -> Iterator[Finding]:
 
 @check("nvme-aiofile", area="storage")
 def check_nvme_aiofile(ctx: CheckContext) -> Iterator[Finding]:
-    if not ctx.settings.nvme_enabled:
+    # With the lmcache engine its own `lmcache-aiofile` check covers this.
+    if not ctx.settings.nvme_enabled or ctx.settings.connector.value == "lmcache":
         return
     if ctx.facts.aiofile_importable:
         yield Finding(Level.OK, "nvme-aiofile", "aiofile is importable for NVMe async I/O")

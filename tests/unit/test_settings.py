@@ -35,6 +35,9 @@ ATOM_TIER_CASES = [
     ("ATOM_TIER_SAVE_DECODE", "yes", "save_decode", True),
     ("ATOM_TIER_CPU_PLATFORM", "on", "cpu_platform", True),
     ("ATOM_TIER_RELOAD_CONCURRENCY", "4", "reload_concurrency", 4),
+    ("ATOM_TIER_LMCACHE_TELEMETRY", "true", "lmcache_telemetry", True),
+    ("ATOM_TIER_ALLOW_LMCACHE_FALLBACK", "1", "allow_lmcache_fallback", True),
+    ("ATOM_TIER_ALLOW_LMCACHE_SAVE_DECODE", "1", "allow_lmcache_save_decode", True),
 ]
 
 # The names users copy from the published LMCache/AITER/ATOM recipes.
@@ -47,6 +50,7 @@ FALLBACK_CASES = [
     ("LMCACHE_SAVE_DECODE_CACHE", "True", "save_decode", True),
     ("AITER_QUICK_REDUCE_QUANTIZATION", "NONE", "quick_reduce", QuickReduce.NONE),
     ("ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "0", "fused_qk_norm_rope", False),
+    ("LMCACHE_TRACK_USAGE", "true", "lmcache_telemetry", True),
 ]
 
 
