@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from atom_tier import __version__
+from atom_tier.lmcache.config import apply_lmcache_environment
 from atom_tier.log import get_logger
 from atom_tier.settings import load_foreign_env, load_settings
 
@@ -43,6 +44,9 @@ def register() -> None:
     if settings.disable:
         return
     ensure_hash_seed()
+    # LMCache reads its telemetry switch only from the environment; set it (off unless the
+    # operator asked) in every process, whether or not LMCache is used.
+    apply_lmcache_environment(settings, os.environ)
     from atom_tier.connector import register_connector
 
     register_connector()

@@ -22,6 +22,8 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "ATOM_TIER_"
+# Every *_GB setting counts 2**30 bytes, as LMCache's sizes do (recipes carry over unchanged).
+GIB = 1024**3
 
 
 class SettingsError(ValueError):
@@ -89,6 +91,10 @@ def _validate_explicit(model: type[BaseSettings], values: dict[str, Any]) -> Any
         _EXPLICIT_ONLY.reset(token)
 
 
+# AITER's quick-reduce names without a vLLM equivalent → the nearest vLLM setting.
+AITER_ONLY_QUICK_REDUCE = {"FP8": "INT8", "INT3": "INT4"}
+
+
 def _env(name: str, *fallbacks: str) -> Any:
     """Field aliases: the ATOM_TIER_ name first, so it wins over recipe fallbacks."""
     return AliasChoices(ENV_PREFIX + name, *fallbacks)
@@ -126,7 +132,7 @@ class AtomTierSettings(_EnvSettings):
         QuickReduce.INT4,
         validation_alias=_env("QUICK_REDUCE", "AITER_QUICK_REDUCE_QUANTIZATION"),
         description="Quick all-reduce quantization for tensor parallelism on ROCm; "
-        "`NONE` disables it.",
+        "`NONE` disables it. AITER's `FP8` and `INT3` are read as `INT8` and `INT4` for vLLM.",
     )
     fused_qk_norm_rope: bool = Field(
         True,
@@ -144,8 +150,9 @@ class AtomTierSettings(_EnvSettings):
         None,
         ge=0,
         validation_alias=_env("DRAM_GB", "LMCACHE_MAX_LOCAL_CPU_SIZE"),
-        description="Host DRAM tier size in GB (0 turns the tier off); unset: sized "
-        "automatically from free host memory.",
+        description="Host DRAM tier size in GB of 2^30 bytes, for the whole server (0 turns "
+        "the tier off); unset: 40% of host memory (this server's share of the node's GPUs), "
+        "at most half of /dev/shm.",
     )
     dram_enabled: bool = Field(
         True,
@@ -166,8 +173,8 @@ class AtomTierSettings(_EnvSettings):
         None,
         ge=0,
         validation_alias=_env("NVME_GB", "LMCACHE_MAX_LOCAL_DISK_SIZE"),
-        description="Hard capacity cap of the NVMe tier in GB; unset: sized automatically "
-        "from the free space at start-up.",
+        description="Hard capacity cap of the NVMe tier in GB of 2^30 bytes; unset: sized "
+        "automatically from the free space at start-up.",
     )
     chunk_tokens: int = Field(
         256,
@@ -216,8 +223,13 @@ class AtomTierSettings(_EnvSettings):
 
     @field_validator("quick_reduce", mode="before")
     @classmethod
-    def _upper_case(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
+    def _quick_reduce_name(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().upper()
+        # Recipes set AITER's own names; vLLM has no FP8 or INT3 quick reduce. AITER itself
+        # keeps the operator's value (its variable is only ever set if absent).
+        return AITER_ONLY_QUICK_REDUCE.get(value, value)
 
     @field_validator("kv_cache_dtype", "connector", "eviction", mode="before")
     @classmethod

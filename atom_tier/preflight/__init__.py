@@ -18,6 +18,7 @@ CHECK_MODULES = (
     "atom_tier.preflight.checks_environment",
     "atom_tier.preflight.checks_storage",
     "atom_tier.preflight.checks_lmcache",
+    "atom_tier.preflight.checks_connector",
 )
 
 __all__ = [

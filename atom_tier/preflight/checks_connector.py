@@ -28,10 +28,9 @@ from typing import Any
 
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
-from atom_tier.settings import AtomTierSettings
+from atom_tier.settings import GIB, AtomTierSettings
 
 CONNECTOR_NAME = "AtomTierConnector"
-GIB = 1024**3
 # Automatic DRAM tier: this share of the memory the host (or the container's cgroup) allows,
 # times the share of the node's GPUs this server uses, at most this share of /dev/shm (where
 # vLLM's shared region lives).

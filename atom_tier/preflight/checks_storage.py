@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
-
-GB = 1_000_000_000
+from atom_tier.settings import GIB as GB
 # Past this share of available memory the DRAM tier crowds out the rest of the host (the
 # API server, tokenizers, page cache the NVMe tier relies on).
 DRAM_WARN_SHARE = 0.8
@@ -24,7 +23,10 @@ def check_dram_memory(ctx: CheckContext) -> Iterator[Finding]:
         return
     if size_gb is None:
         yield Finding(
-            Level.OK, "dram-tier-memory", "DRAM tier sized automatically from free host memory"
+            Level.OK,
+            "dram-tier-memory",
+            "DRAM tier sized automatically at start-up from host memory and /dev/shm "
+            "(see connector-dram-tier)",
         )
         return
     if size_gb == 0:

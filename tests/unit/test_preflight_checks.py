@@ -16,7 +16,7 @@ from atom_tier.preflight.context import CheckContext, EntryPoint, Facts, NvmeFac
 from atom_tier.preflight.findings import Finding, Level
 from atom_tier.settings import load_foreign_env, load_settings
 
-GB = 1_000_000_000
+from atom_tier.settings import GIB as GB
 
 
 def cpu_facts(**changes: object) -> Facts:

@@ -88,6 +88,12 @@ def test_atom_tier_name_wins_over_fallback(
     assert getattr(load_settings({variable: raw, own[0]: own[1]}), field) == own[3]
 
 
+@pytest.mark.parametrize(("aiter_name", "vllm_name"), [("FP8", "INT8"), ("INT3", "INT4")])
+def test_aiter_only_quick_reduce_names_map_to_vllm(aiter_name: str, vllm_name: str) -> None:
+    settings = load_settings({"AITER_QUICK_REDUCE_QUANTIZATION": aiter_name})
+    assert settings.quick_reduce is QuickReduce(vllm_name)
+
+
 def test_defaults() -> None:
     settings = load_settings({})
     assert settings.connector is ConnectorEngine.NATIVE
@@ -117,7 +123,7 @@ def test_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
             "ATOM_TIER_QUICK_REDUCE",
             "INT4, INT6, INT8, FP, NONE",
         ),
-        ({"AITER_QUICK_REDUCE_QUANTIZATION": "INT3"}, "AITER_QUICK_REDUCE_QUANTIZATION", "INT4"),
+        ({"AITER_QUICK_REDUCE_QUANTIZATION": "INT2"}, "AITER_QUICK_REDUCE_QUANTIZATION", "INT4"),
         ({"ATOM_TIER_CONNECTOR": "redis"}, "ATOM_TIER_CONNECTOR", "native, lmcache, off"),
         ({"ATOM_TIER_KV_CACHE_DTYPE": "int8"}, "ATOM_TIER_KV_CACHE_DTYPE", "fp8, fp8_e4m3"),
         ({"ATOM_TIER_EVICTION": "fifo"}, "ATOM_TIER_EVICTION", "lru, arc"),

@@ -1,0 +1,135 @@
+"""atom-tier settings -> the ``kv_connector_extra_config`` of vLLM's offloading connector.
+
+``--kv-transfer-config '{"kv_connector":"AtomTierConnector","kv_role":"kv_both"}'`` is all an
+operator writes; the keys vLLM's tiering spec needs are filled in from atom-tier's settings in
+every process that reads them (API server for the metric definitions, engine core, workers).
+Keys the operator did put in ``kv_connector_extra_config`` win over settings.
+
+Every process must compute the same DRAM tier size (scheduler and workers map one region of
+that size), so the automatic size depends only on things constant while the host runs: total
+memory (or the cgroup limit), the size of /dev/shm, and the GPU count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from typing import Any
+
+from atom_tier.connector import SPEC_MODULE, SPEC_NAME
+from atom_tier.log import get_logger
+from atom_tier.preflight.checks_connector import (
+    device_share,
+    dram_tier_bytes,
+    gib,
+    probe_dram_budget,
+)
+from atom_tier.settings import AtomTierSettings, ConnectorEngine
+
+logger = get_logger(__name__)
+
+TIERS_MODULE = "atom_tier.tiers"
+NVME_TIER_FACTORY = "nvme_secondary_tier_config"
+
+
+class ConnectorConfigError(ValueError):
+    """The settings cannot make a working tiered connector; the message names the setting."""
+
+
+def resolve_chunk_tokens(settings: AtomTierSettings, block_size: int) -> int:
+    """Tokens per offloaded chunk: ``chunk_tokens``, a whole number of vLLM blocks.
+
+    An explicit ATOM_TIER_CHUNK_TOKENS that does not divide into blocks is an error; the
+    default is rounded up to the next multiple instead (large-block models).
+    """
+    chunk = settings.chunk_tokens
+    if chunk % block_size == 0:
+        return chunk
+    rounded = math.ceil(chunk / block_size) * block_size
+    if "chunk_tokens" in settings.model_fields_set:
+        raise ConnectorConfigError(
+            f"ATOM_TIER_CHUNK_TOKENS={chunk} is not a multiple of vLLM's KV block size "
+            f"({block_size} tokens): use {rounded}"
+        )
+    logger.info("Chunk size %d tokens rounded up to %d (block size %d)", chunk, rounded, block_size)
+    return rounded
+
+
+def secondary_tiers(settings: AtomTierSettings) -> list[dict[str, Any]]:
+    """Secondary tier entries (the NVMe tier) for vLLM's TieringOffloadingSpec."""
+    factory = None
+    if importlib.util.find_spec(TIERS_MODULE) is not None:
+        factory = getattr(importlib.import_module(TIERS_MODULE), NVME_TIER_FACTORY, None)
+    if factory is None:
+        if settings.nvme_enabled:
+            logger.warning(
+                "ATOM_TIER_NVME_PATH=%s is set but this atom-tier has no NVMe tier "
+                "(%s.%s is missing): running with the DRAM tier only",
+                settings.nvme_path,
+                TIERS_MODULE,
+                NVME_TIER_FACTORY,
+            )
+        return []
+    entry = factory(settings)
+    return [dict(entry)] if entry else []
+
+
+def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:
+    """The extra-config keys atom-tier's settings ask for."""
+    if settings.connector is not ConnectorEngine.NATIVE:
+        raise ConnectorConfigError(
+            f"--kv-transfer-config names AtomTierConnector (the native engine) but "
+            f"ATOM_TIER_CONNECTOR={settings.connector.value}: set ATOM_TIER_CONNECTOR=native "
+            "or remove AtomTierConnector from --kv-transfer-config"
+        )
+    dram = dram_tier_bytes(settings, probe_dram_budget(), device_share(vllm_config))
+    if dram <= 0:
+        raise ConnectorConfigError(
+            "AtomTierConnector needs a DRAM tier (every reload goes through it) but "
+            f"ATOM_TIER_DRAM_GB={settings.dram_gb} / ATOM_TIER_DRAM_ENABLED="
+            f"{str(settings.dram_enabled).lower()} leave it no memory: give it a size, or "
+            "remove AtomTierConnector from --kv-transfer-config"
+        )
+    extra: dict[str, Any] = {
+        "spec_name": SPEC_NAME,
+        "spec_module_path": SPEC_MODULE,
+        "cpu_bytes_to_use": dram,
+        "eviction_policy": settings.eviction.value,
+        # vLLM's switch is the inverse of ours: prompt KV only unless save_decode is on.
+        "offload_prompt_only": not settings.save_decode,
+        "secondary_tiers": secondary_tiers(settings),
+    }
+    block_size = vllm_config.cache_config.block_size
+    if block_size:
+        extra["block_size"] = resolve_chunk_tokens(settings, int(block_size))
+    return extra
+
+
+def apply_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:
+    """Fill ``kv_connector_extra_config`` in place (operator keys win); returns it."""
+    transfer = vllm_config.kv_transfer_config
+    extra: dict[str, Any] = transfer.kv_connector_extra_config
+    if extra.get("spec_name") == SPEC_NAME and "cpu_bytes_to_use" in extra:
+        return extra  # already filled in this process
+    chunk_keys = {"block_size", "blocks_per_chunk"}
+    for key, value in atom_tier_extra_config(vllm_config, settings).items():
+        if key == "block_size" and chunk_keys & extra.keys():
+            continue  # vLLM refuses both; the operator's choice stands
+        extra.setdefault(key, value)
+    return extra
+
+
+def describe(extra: dict[str, Any]) -> str:
+    """One line for the start-up log."""
+    tiers = ", ".join(str(t.get("type")) for t in extra.get("secondary_tiers", [])) or "none"
+    chunk = (
+        f"{extra['block_size']} tokens"
+        if "block_size" in extra
+        else f"{extra.get('blocks_per_chunk', 1)} blocks"
+    )
+    return (
+        f"DRAM tier {gib(int(extra['cpu_bytes_to_use']))}, chunk {chunk}, eviction "
+        f"{extra.get('eviction_policy')}, secondary tiers: {tiers}, decode KV saved: "
+        f"{'no' if extra.get('offload_prompt_only', True) else 'yes'}"
+    )

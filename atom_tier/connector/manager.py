@@ -1,0 +1,114 @@
+"""Scheduler side of the tiered cache: vLLM's tiering manager, with atom-tier's metrics added.
+
+All bookkeeping (which chunk lives in which tier, eviction, promotion from NVMe into DRAM) is
+vLLM's ``TieringOffloadingManager``; this wrapper forwards every call to it unchanged and only
+adds to the statistics it returns (see :mod:`atom_tier.connector.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
+    OffloadingConnectorStats,
+)
+from vllm.v1.kv_offload.base import (
+    LoadStoreSpec,
+    LookupResult,
+    OffloadingEvent,
+    OffloadingManager,
+    OffloadKey,
+    PrepareStoreOutput,
+    ReqContext,
+    RequestOffloadingContext,
+    ScheduleEndContext,
+)
+from vllm.v1.kv_offload.tiering.manager import TieringOffloadingManager
+from vllm.v1.metrics.cache_hit_source import CacheHitSource
+
+from atom_tier.connector import metrics
+
+
+def tier_label(index: int, tier_type: str) -> tuple[str]:
+    """vLLM's ``tier`` label value of secondary tier ``index`` (0-based), e.g. ``1:fs``."""
+    return (f"{index + 1}:{tier_type}",)
+
+
+class MeteredTieringManager(OffloadingManager):
+    """Forwards to a TieringOffloadingManager; adds per-tier misses and usage to its stats."""
+
+    def __init__(self, inner: TieringOffloadingManager, dram_chunk_bytes: int) -> None:
+        self.inner = inner
+        self.dram_chunk_bytes = dram_chunk_bytes
+
+    # -- atom-tier's additions ---------------------------------------------------------------
+    def dram_used_chunks(self) -> int:
+        primary = self.inner.primary_tier
+        # Chunks never handed out or back on the free list hold nothing; the rest hold KV
+        # (ready or being written). vLLM keeps the pool private; this is its own arithmetic.
+        return int(primary._num_chunks - primary._get_num_free_chunks())
+
+    def dram_capacity_chunks(self) -> int:
+        return int(self.inner.primary_tier._num_chunks)
+
+    def get_stats(self) -> OffloadingConnectorStats | None:
+        stats = self.inner.get_stats() or OffloadingConnectorStats()
+        metrics.add_misses(stats)
+        metrics.set_usage(
+            stats,
+            metrics.DRAM_TIER_LABEL,
+            self.dram_used_chunks() * self.dram_chunk_bytes,
+            self.dram_capacity_chunks() * self.dram_chunk_bytes,
+        )
+        tiers = self.inner.secondary_tiers
+        labels = [tier_label(i, t.tier_type) for i, t in enumerate(tiers)]
+        for label, used, capacity in metrics.secondary_usage(tiers, labels):
+            metrics.set_usage(stats, label, used, capacity)
+        return stats
+
+    # -- plain forwarding ----------------------------------------------------------------------
+    def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
+        return self.inner.lookup(key, req_context)
+
+    def get_load_source(self, key: OffloadKey, req_context: ReqContext) -> CacheHitSource:
+        return self.inner.get_load_source(key, req_context)
+
+    def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
+        return self.inner.prepare_load(keys, req_context)
+
+    def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
+        self.inner.touch(keys, req_context)
+
+    def complete_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
+        self.inner.complete_load(keys, req_context)
+
+    def prepare_store(
+        self, keys: Collection[OffloadKey], req_context: ReqContext
+    ) -> PrepareStoreOutput | None:
+        return self.inner.prepare_store(keys, req_context)
+
+    def complete_store(
+        self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True
+    ) -> None:
+        self.inner.complete_store(keys, req_context, success)
+
+    def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
+        return self.inner.on_new_request(req_context)
+
+    def on_request_finished(self, req_context: ReqContext) -> None:
+        self.inner.on_request_finished(req_context)
+
+    def take_events(self) -> Iterable[OffloadingEvent]:
+        return self.inner.take_events()
+
+    def on_schedule_end(self, context: ScheduleEndContext) -> None:
+        self.inner.on_schedule_end(context)
+
+    def has_pending_work(self) -> bool:
+        return self.inner.has_pending_work()
+
+    def reset_cache(self) -> None:
+        self.inner.reset_cache()
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()

@@ -1,0 +1,61 @@
+"""Fixtures for the platform tests: a faked ROCm device, and os.environ restored after each test.
+
+`fake_rocm_device` stands in for what cannot exist on this machine: a ROCm build of torch and an
+MI300X (gfx942). `import vllm.platforms.rocm` queries the GPU at module import
+(`torch.cuda.get_device_properties(...).gcnArchName`) and vLLM's ROCm platform asks torch for
+the device capability; both are answered by the fake, and `torch.version.hip` says "ROCm". The
+fake is installed before the first import of `vllm.platforms.rocm` in the session, which then
+stays imported (it caches the arch at import): every test that imports it uses this fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+MI300X = types.SimpleNamespace(
+    gcnArchName="gfx942:sramecc+:xnack-",
+    name="AMD Instinct MI300X (faked)",
+    total_memory=192 * 1024**3,
+    multi_processor_count=304,
+    major=9,
+    minor=4,
+)
+
+
+@pytest.fixture(autouse=True)
+def restore_environ() -> Iterator[None]:
+    """Selection and vLLM's platform hooks write os.environ; undo it after each test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def fake_rocm_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
+    """A faked ROCm torch + MI300X for importing and using vLLM's ROCm platform on CPU."""
+    import vllm.platforms
+
+    # Resolve vLLM's platform for real first: imports below would otherwise resolve it under
+    # the fake, and the process would keep a ROCm platform after this test.
+    monkeypatch.setattr(vllm.platforms, "_current_platform", vllm.platforms.current_platform)
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482-faked", raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *_a, **_k: MI300X)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_a, **_k: (9, 4))
+    for name in ("ATOM_TIER_DISABLE", "VLLM_TARGET_DEVICE", "VLLM_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    # The first import in the session reads the faked arch.
+    import vllm.platforms.rocm
+    from vllm._aiter_ops import rocm_aiter_ops
+
+    # refresh_env_variables() (called by the platform hook) rewrites these class attributes
+    # from os.environ; put them back after the test.
+    for name, value in list(vars(rocm_aiter_ops).items()):
+        if name.startswith("_") and not name.startswith("__") and not callable(value):
+            monkeypatch.setattr(rocm_aiter_ops, name, value)
+    yield MI300X
