@@ -18,12 +18,17 @@ Choices where the issue was silent:
   the user's choice. The connector is only set when ``AtomTierConnector`` is registered in
   vLLM's factory (by atom-tier's general plugin): otherwise vLLM would fail to build it (on
   graph platforms already inside ``VllmConfig``), so atom-tier steps aside and says why.
+- Engine ``lmcache``: vLLM's own ``LMCacheConnectorV1`` (registered by vLLM itself), with
+  LMCache's configuration translated from atom-tier's settings by
+  :func:`atom_tier.lmcache.kv_transfer.lmcache_kv_transfer_config`; settings that leave LMCache
+  no tier stop start-up with the setting named.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+from atom_tier.lmcache.kv_transfer import LMCACHE_CONNECTOR, lmcache_kv_transfer_config
 from atom_tier.policy import CONNECTOR_NAME, Change, Decision, PlatformFacts
 from atom_tier.settings import AtomTierSettings, ConnectorEngine, KvCacheDtype
 
@@ -126,8 +131,8 @@ def decide_connector(settings: AtomTierSettings, config: Any, facts: PlatformFac
     engine = settings.connector
     kv = config.kv_transfer_config
     if kv is not None and kv.kv_connector:
-        if kv.kv_connector == CONNECTOR_NAME:
-            return Decision(feature, True, f"{CONNECTOR_NAME} set by --kv-transfer-config")
+        if kv.kv_connector in (CONNECTOR_NAME, LMCACHE_CONNECTOR):
+            return Decision(feature, True, f"{kv.kv_connector} set by --kv-transfer-config")
         return Decision(feature, False, f"--kv-transfer-config chose {kv.kv_connector}, kept")
     if config.cache_config.kv_offloading_size is not None:
         backend = config.cache_config.kv_offloading_backend
@@ -136,6 +141,16 @@ def decide_connector(settings: AtomTierSettings, config: Any, facts: PlatformFac
         )
     if engine == ConnectorEngine.OFF:
         return Decision(feature, False, "ATOM_TIER_CONNECTOR=off")
+    from vllm.config import KVTransferConfig
+
+    if engine == ConnectorEngine.LMCACHE:
+        lmcache = KVTransferConfig(**lmcache_kv_transfer_config(settings, config))
+        return Decision(
+            feature,
+            True,
+            f"{LMCACHE_CONNECTOR} (lmcache engine), configured from atom-tier's settings",
+            (Change("kv_transfer_config", lmcache),),
+        )
     if not facts.connector_registered:
         return Decision(
             feature,
@@ -143,8 +158,6 @@ def decide_connector(settings: AtomTierSettings, config: Any, facts: PlatformFac
             f"{CONNECTOR_NAME} is not registered in this process (is atom-tier's general "
             "plugin excluded by VLLM_PLUGINS?)",
         )
-    from vllm.config import KVTransferConfig
-
     value = KVTransferConfig(kv_connector=CONNECTOR_NAME, kv_role=KV_ROLE)
     return Decision(
         feature,
@@ -159,6 +172,6 @@ def describe_connector(config: Any, decision: Decision) -> tuple[bool, str]:
     """Final state of the connector, from the config vLLM ended with."""
     kv = config.kv_transfer_config
     name = kv.kv_connector if kv is not None else None
-    if decision.active and name != CONNECTOR_NAME:
+    if decision.active and name not in (CONNECTOR_NAME, LMCACHE_CONNECTOR):
         return False, f"vLLM replaced it with {name}"
     return decision.active, decision.reason

@@ -97,10 +97,22 @@ def test_connector_opt_out(build_config: BuildConfig) -> None:
     assert "ATOM_TIER_CONNECTOR=off" in built.status("kv_connector").detail
 
 
-def test_lmcache_engine_still_uses_the_atom_tier_connector(build_config: BuildConfig) -> None:
-    built = build_config(env={"ATOM_TIER_CONNECTOR": "lmcache"})
-    assert built.config.kv_transfer_config.kv_connector == CONNECTOR_NAME
-    assert "lmcache engine" in built.status("kv_connector").detail
+def test_lmcache_engine_uses_vllms_lmcache_connector_configured_from_settings(
+    build_config: BuildConfig,
+) -> None:
+    env = {
+        "ATOM_TIER_CONNECTOR": "lmcache",
+        "ATOM_TIER_DRAM_GB": "4",
+        "ATOM_TIER_CHUNK_TOKENS": "512",
+    }
+    built = build_config(facts=CPU_FACTS, env=env)
+    kv = built.config.kv_transfer_config
+    assert (kv.kv_connector, kv.kv_role) == ("LMCacheConnectorV1", "kv_both")
+    extra = kv.kv_connector_extra_config
+    assert extra["lmcache.chunk_size"] == 512
+    assert extra["lmcache.local_cpu"] is True and extra["lmcache.save_decode_cache"] is False
+    status = built.status("kv_connector")
+    assert status.active and "lmcache engine" in status.detail
 
 
 def test_users_kv_transfer_config_is_kept(build_config: BuildConfig) -> None:
