@@ -1,14 +1,19 @@
 """`make demo`: the whole stack on CPU vLLM, on a tiny model generated here.
 
-Starts a real vLLM OpenAI server with atom-tier installed (and its opt-in CPU development
-platform), sends a request, prints the answer, what atom-tier logged inside the server, and the
-doctor report, then stops the server and checks that nothing of it is left running.
+Starts a real vLLM OpenAI server with atom-tier installed and its opt-in CPU development
+platform (which, like the ROCm platform, applies atom-tier's policy and turns the tiered KV
+connector on with no `--kv-transfer-config`). The device KV cache is shrunk to 12 blocks so that
+a conversation's prefix falls out of it; the demo then shows that prefix reloaded from the DRAM
+tier instead of being computed again. It prints the answers, what atom-tier logged inside the
+server, the doctor report, then stops the server and checks nothing of it is left.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import re
 import subprocess
 import sys
 import time
@@ -17,11 +22,51 @@ from pathlib import Path
 from atom_tier.devtools.cpu_server import CpuVllmServer, ServerStartError
 from atom_tier.devtools.tiny_model import build_tiny_model, words
 
-DEMO_ENV = {"ATOM_TIER_CPU_PLATFORM": "1", "PYTHONHASHSEED": "0"}
+DEMO_ENV = {"ATOM_TIER_CPU_PLATFORM": "1", "PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "0.25"}
+# 12 device blocks of 128 tokens: four 600-token prompts push an earlier one out.
+DEMO_ARGS = ["--max-model-len", "1024", "--num-gpu-blocks-override", "12"]
+HIT_LINE = re.compile(r"atom-tier hit tokens: (\d+) \(dram (\d+), nvme (\d+)\)")
+
+
+def token_prompt(seed: int, count: int = 600) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(10, 500) for _ in range(count)]
+
+
+def timed_completion(server: CpuVllmServer, prompt: list[int]) -> tuple[str, float]:
+    started = time.monotonic()
+    reply = server.complete(prompt, max_tokens=8)
+    return reply["choices"][0]["text"], time.monotonic() - started
+
+
+def show_tier_reload(server: CpuVllmServer) -> bool:
+    """A prefix evicted from the device cache comes back from DRAM; True when it did."""
+    conversation = token_prompt(1)
+    cold_text, cold_s = timed_completion(server, conversation)
+    print(f"[demo] 600-token prompt, cold:            {cold_s * 1000:6.0f} ms  -> {cold_text!r}")
+    for seed in range(100, 104):
+        server.complete(token_prompt(seed), max_tokens=8)
+    print("[demo] 4 other prompts pushed it out of vLLM's 12-block device cache")
+    hits_before = server.metric_sum("vllm:prompt_tokens_cached_by_source", source="host")
+    warm_text, warm_s = timed_completion(server, conversation)
+    from_dram = server.metric_sum("vllm:prompt_tokens_cached_by_source", source="host")
+    print(f"[demo] same prompt again, from DRAM tier: {warm_s * 1000:6.0f} ms  -> {warm_text!r}")
+    print(f"[demo] tokens loaded from the DRAM tier: {from_dram - hits_before:.0f}")
+    hit_lines = HIT_LINE.findall(server.log_text())
+    if hit_lines:
+        total, dram, nvme = hit_lines[-1]
+        print(f"[demo] server log: atom-tier hit tokens {total} (dram {dram}, nvme {nvme})")
+    same = warm_text == cold_text
+    print(f"[demo] greedy answer identical to the cold run: {same}")
+    return same and from_dram > hits_before
 
 
 def atom_tier_log_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "atom-tier" in line or "atom_tier" in line]
+    """atom-tier's start-up lines: changes made, the feature block, plugin and tier set-up."""
+    wanted = ("atom-tier", "atom_tier", "[feature_report.py")
+    return [
+        line for line in log.splitlines() if any(w in line for w in wanted) and "Reqid:" not in line
+    ]
 
 
 def group_alive(pgid: int) -> bool:
@@ -37,7 +82,7 @@ def run_demo(workdir: Path) -> int:
     model_dir = build_tiny_model(workdir / "tiny-model")
     print("[demo] starting vLLM (CPU) with atom-tier; this takes about a minute...")
     started = time.monotonic()
-    server = CpuVllmServer(model_dir, workdir=workdir / "logs", env=DEMO_ENV)
+    server = CpuVllmServer(model_dir, workdir=workdir / "logs", args=DEMO_ARGS, env=DEMO_ENV)
     try:
         server.start()
     except ServerStartError as exc:
@@ -50,6 +95,7 @@ def run_demo(workdir: Path) -> int:
         print(f"[demo] prompt : {prompt}")
         print(f"[demo] answer : {reply['choices'][0]['text'].strip()}")
         print(f"[demo] usage  : {reply['usage']}")
+        reloaded = show_tier_reload(server)
         print("[demo] atom-tier inside the server:")
         for line in atom_tier_log_lines(server.log_text()):
             print("    " + line)
@@ -64,7 +110,7 @@ def run_demo(workdir: Path) -> int:
     leftover = group_alive(server.pid)
     left = "yes" if leftover else "none"
     print(f"[demo] server stopped (exit status {code}); processes left: {left}")
-    return 1 if leftover else 0
+    return 1 if leftover or not reloaded else 0
 
 
 def main() -> None:
