@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy kernels
 
 demo: $(STAMP)
 	$(PY) -m atom_tier.devtools.demo

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import GIB as GB
+
 # Past this share of available memory the DRAM tier crowds out the rest of the host (the
 # API server, tokenizers, page cache the NVMe tier relies on).
 DRAM_WARN_SHARE = 0.8

@@ -14,9 +14,8 @@ import pytest
 from atom_tier.preflight import build_context, run_preflight
 from atom_tier.preflight.context import CheckContext, EntryPoint, Facts, NvmeFacts, TorchBuild
 from atom_tier.preflight.findings import Finding, Level
-from atom_tier.settings import load_foreign_env, load_settings
-
 from atom_tier.settings import GIB as GB
+from atom_tier.settings import load_foreign_env, load_settings
 
 
 def cpu_facts(**changes: object) -> Facts:
