@@ -28,9 +28,31 @@ def _add_settings(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(runner=settings_table.run)
 
 
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    from atom_tier.replay import cli as replay
+
+    parser = sub.add_parser(
+        "replay", help="replay kv-cache-tester traces against a running server: TTFT, hits"
+    )
+    replay.add_arguments(parser)
+    parser.set_defaults(runner=replay.run)
+
+
+def _add_gen_traces(sub: argparse._SubParsersAction) -> None:
+    from atom_tier.replay import cli as replay
+
+    parser = sub.add_parser(
+        "gen-traces", help="write synthetic agentic traces in kv-cache-tester format"
+    )
+    replay.add_generate_arguments(parser)
+    parser.set_defaults(runner=replay.run_generate)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_doctor,
     _add_settings,
+    _add_replay,
+    _add_gen_traces,
 ]
 
 
