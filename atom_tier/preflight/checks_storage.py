@@ -126,18 +126,21 @@ def check_nvme_path(ctx: CheckContext) -> Iterator[Finding]:
         )
     if settings.nvme_gb is not None and nvme.free_bytes is not None:
         wanted = settings.nvme_gb * GB
-        if wanted > nvme.free_bytes:
+        # The tier's own chunks from an earlier run count as room: it reuses or evicts them.
+        room = nvme.free_bytes + nvme.used_bytes
+        if wanted > room:
             yield Finding(
                 Level.ERROR,
                 "nvme-capacity",
                 f"ATOM_TIER_NVME_GB={settings.nvme_gb:g} needs more than the "
-                f"{_gb(nvme.free_bytes)} free on {path}",
-                f"free space on {path} or set ATOM_TIER_NVME_GB to at most "
-                f"{int(nvme.free_bytes / GB)}",
+                f"{_gb(nvme.free_bytes)} free (+ {_gb(nvme.used_bytes)} already in the tier) "
+                f"on {path}",
+                f"free space on {path} or set ATOM_TIER_NVME_GB to at most {int(room / GB)}",
             )
         else:
             yield Finding(
                 Level.OK,
                 "nvme-capacity",
-                f"NVMe cap of {settings.nvme_gb:g} GB fits in the {_gb(nvme.free_bytes)} free",
+                f"NVMe cap of {settings.nvme_gb:g} GB fits in the {_gb(room)} free or already "
+                "held by the tier",
             )

@@ -50,6 +50,7 @@ class NvmeFacts:
     free_bytes: int | None = None
     o_direct: bool | None = None
     error: str | None = None
+    used_bytes: int = 0  # what is already stored under the directory (the tier's own chunks)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,26 @@ def probe_o_direct(directory: Path) -> bool:
         os.unlink(name)
 
 
+def directory_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (what a previous run of the tier stored)."""
+    total = 0
+    pending = [path]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
 def probe_nvme(path: Path) -> NvmeFacts:
     if not path.exists():
         return NvmeFacts(path=path, exists=False)
@@ -111,7 +131,7 @@ def probe_nvme(path: Path) -> NvmeFacts:
             o_direct = probe_o_direct(path)
         except OSError as exc:
             writable, error = False, f"{type(exc).__name__}: {exc}"
-    return NvmeFacts(path, True, True, writable, free, o_direct, error)
+    return NvmeFacts(path, True, True, writable, free, o_direct, error, directory_bytes(path))
 
 
 def gather_facts(settings: AtomTierSettings) -> Facts:

@@ -196,6 +196,16 @@ def test_nvme_capacity_beyond_free_space_is_error() -> None:
     assert found.level is Level.ERROR and "at most 10" in found.fix
 
 
+def test_nvme_capacity_counts_the_tiers_own_chunks_as_room() -> None:
+    """After a restart the tier's earlier chunks fill the disk; the cap still fits."""
+    nvme = NvmeFacts(
+        Path("/x"), True, True, True, free_bytes=5 * GB, o_direct=True, used_bytes=45 * GB
+    )
+    assert levels(findings("nvme-capacity", env=nvme_env(Path("/x"), "50"), nvme=nvme)) == [
+        Level.OK
+    ]
+
+
 def test_nvme_capacity_within_free_space_is_ok() -> None:
     nvme = NvmeFacts(Path("/x"), True, True, True, free_bytes=100 * GB, o_direct=False)
     ctx_findings = findings("nvme-capacity", env=nvme_env(Path("/x"), "50"), nvme=nvme)

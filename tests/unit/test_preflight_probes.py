@@ -34,8 +34,15 @@ def test_nvme_path_is_a_file(tmp_path: Path) -> None:
 def test_nvme_writable_directory(tmp_path: Path) -> None:
     facts = probe_nvme(tmp_path)
     assert facts.is_dir and facts.writable and facts.free_bytes and facts.free_bytes > 0
-    assert facts.o_direct is not None
+    assert facts.o_direct is not None and facts.used_bytes == 0
     assert list(tmp_path.iterdir()) == [], "the O_DIRECT probe must leave nothing behind"
+
+
+def test_nvme_counts_bytes_already_stored(tmp_path: Path) -> None:
+    (tmp_path / "model-a").mkdir()
+    (tmp_path / "model-a" / "chunk1").write_bytes(b"x" * 5000)
+    (tmp_path / "chunk2").write_bytes(b"y" * 3000)
+    assert probe_nvme(tmp_path).used_bytes == 8000
 
 
 @pytest.fixture

@@ -1,0 +1,143 @@
+"""Start-up work of the NVMe tier: rebuild the index from disk and size the tier.
+
+The rebuild reads no payload and no header: one ``stat`` per chunk file gives its size (for
+the cap) and mtime (the LRU order: the tier sets a chunk's mtime when it is written or read).
+Its cost is therefore one directory entry + one stat per chunk, proportional to the number of
+chunks the cap allows. Headers and checksums are verified lazily, on every read, so a chunk
+that went bad while the server was down is a miss the first time it is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from atom_tier.tiers.chunk_format import (
+    ALIGNMENT,
+    CHUNK_SUFFIX,
+    HEADER_BLOCK,
+    TEMP_SUFFIX,
+    is_chunk_name,
+)
+
+GIB = 1024**3
+# Automatic sizing keeps this share of the filesystem free for everything else...
+AUTO_RESERVE_FRACTION = 0.10
+# ...and at least this much.
+AUTO_RESERVE_MIN_BYTES = 4 * GIB
+
+
+@dataclass
+class ScanResult:
+    """What the start-up scan found; ``chunks`` is (mtime_ns, digest, size), oldest first."""
+
+    chunks: list[tuple[int, str, int]] = field(default_factory=list)
+    total_bytes: int = 0
+    temp_removed: int = 0
+    truncated_removed: int = 0
+    seconds: float = 0.0
+
+
+def open_tier_dir(root: Path) -> int:
+    """Create the tier's folders and take its lock (held by the returned fd until closed).
+
+    One directory, one owner: two servers counting the same files against two caps would
+    break both caps, so a second owner is refused (the kernel drops the lock of a killed one).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(
+            f"another process uses {root} (its lock is held): give each server "
+            "its own NVMe tier directory"
+        ) from None
+    for i in range(256):
+        (root / f"{i:02x}").mkdir(exist_ok=True)
+    return fd
+
+
+def set_mtimes(paths: Iterable[str]) -> None:
+    """Mark chunks used now: their mtime is their LRU position after a restart."""
+    for path in paths:
+        with contextlib.suppress(OSError):  # evicted or removed since: nothing to order
+            os.utime(path)
+
+
+def scan_chunk_dir(root: Path) -> ScanResult:
+    """List the chunks under ``root``; delete temp files and impossible sizes.
+
+    Temp files are leftovers of writes a killed process never published (the caller holds
+    the directory's lock, so no live writer owns them). A chunk whose size is not a whole
+    number of aligned blocks, or smaller than a header, was cut short: it can never verify.
+    """
+    start = time.monotonic()
+    result = ScanResult()
+    with contextlib.suppress(FileNotFoundError), os.scandir(root) as top:
+        subdirs = [e.path for e in top if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+    for subdir in subdirs:
+        with contextlib.suppress(FileNotFoundError), os.scandir(subdir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(TEMP_SUFFIX):
+                    remove_quietly([entry.path])
+                    result.temp_removed += 1
+                    continue
+                if not (is_chunk_name(name) and name.startswith(os.path.basename(subdir))):
+                    continue  # not ours: leave it alone
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if st.st_size < HEADER_BLOCK or st.st_size % ALIGNMENT:
+                    remove_quietly([entry.path])
+                    result.truncated_removed += 1
+                    continue
+                result.chunks.append((st.st_mtime_ns, name[: -len(CHUNK_SUFFIX)], st.st_size))
+                result.total_bytes += st.st_size
+    result.chunks.sort()
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def auto_capacity_bytes(path: Path, tier_bytes_on_disk: int) -> int:
+    """The automatic cap for the filesystem holding ``path`` (see :func:`auto_capacity`)."""
+    st = os.statvfs(path)
+    return auto_capacity(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, tier_bytes_on_disk)
+
+
+def auto_capacity(free_bytes: int, fs_bytes: int, tier_bytes_on_disk: int) -> int:
+    """What the tier holds plus the free space, minus a reserve for everything else.
+
+    reserve = max(10 % of the filesystem, 4 GiB), so the tier never takes the last space
+    of a shared filesystem. Decided once at start-up: free space is not watched afterwards
+    (a disk filled by others shows up as a write fault, which stops the tier's writes).
+    """
+    reserve = max(int(fs_bytes * AUTO_RESERVE_FRACTION), AUTO_RESERVE_MIN_BYTES)
+    usable = free_bytes + tier_bytes_on_disk - reserve
+    return max(0, usable // ALIGNMENT * ALIGNMENT)
+
+
+def remove_quietly(paths: Iterable[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def unlink_each(paths: list[str]) -> list[OSError | None]:
+    """Unlink each path; per path None or the error."""
+    errors: list[OSError | None] = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            errors.append(None)
+        except OSError as exc:
+            errors.append(exc)
+    return errors

@@ -1,0 +1,248 @@
+"""AtomTierNvmeTier: the NVMe chunk store behind vLLM 0.32's ``TieringOffloadingSpec``.
+
+vLLM builds secondary tiers from ``secondary_tiers: [{"type": ..., "module_path": ...}]``;
+``atom_tier.tiers.nvme_secondary_tier_config`` produces this tier's entry (no registration
+needed: the factory imports ``type`` from ``module_path``). All calls arrive on the scheduler
+thread and stay non-blocking: they touch the store's in-memory index and hand I/O to its loop.
+
+Demotion is vLLM's cascade: a chunk is written when it is stored into the DRAM tier
+(write-on-store), not when DRAM evicts it. The contract leaves no other choice without a
+copy: when DRAM evicts, ``prepare_store`` hands the slot straight to the next GPU->DRAM
+transfer, so the evicted bytes are gone before a tier could read them. Chunks already on disk
+are not written again (the index dedupes), so each distinct chunk costs one disk write while
+it stays within the cap. The write amplification of both policies is measured by
+``bench/nvme_demotion.py`` (docs/benchmarks.md, "NVMe tier").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Collection, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
+    OffloadingConnectorStats,
+)
+from vllm.v1.kv_offload.base import (
+    Locality,
+    LookupResult,
+    Medium,
+    OffloadingCounterMetadata,
+    OffloadingGaugeMetadata,
+    OffloadingMetricMetadata,
+    OffloadKey,
+    ReqContext,
+    RequestOffloadingContext,
+)
+from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, TransferJob
+
+from atom_tier.log import get_logger
+from atom_tier.tiers.chunk_format import FORMAT_VERSION
+from atom_tier.tiers.nvme_store import NvmeChunkStore
+from atom_tier.tiers.tier_stats import COUNTER_NAMES, GAUGE_NAMES, WriteReport
+
+if TYPE_CHECKING:
+    from vllm.v1.kv_offload.base import OffloadingSpec
+    from vllm.v1.kv_offload.tiering.backpressure import BackpressureDetector
+
+logger = get_logger(__name__)
+
+METRIC_PREFIX = "atom_tier:nvme_tier_"
+
+
+def namespace_of(offloading_spec: OffloadingSpec, chunk_bytes: int) -> tuple[str, bytes]:
+    """(directory name, namespace) identifying what a chunk's bytes mean.
+
+    Two servers share chunks only when model, KV dtype, layout, chunking and parallelism
+    agree: the same tokens hash to the same key under another model, so the key alone must
+    never select a chunk. The namespace is also written into every chunk header.
+    """
+    config = offloading_spec.config
+    parallel = config.parallel
+    fields = {
+        "format": FORMAT_VERSION,
+        "model": config.model.name,
+        "kv_dtype": str(config.model.dtype),
+        "tokens_per_hash": config.cache.tokens_per_hash,
+        "blocks_per_chunk": config.cache.blocks_per_chunk,
+        "groups": [[g.tokens_per_block, list(g.layer_names)] for g in config.groups],
+        "parallel": [parallel.tp_size, parallel.pp_size, parallel.pcp_size, parallel.dcp_size],
+        "replicated_layout": bool(config.replicated_layout),
+        "canonical_layout": bool(config.canonical_layout),
+        "kv_cache_layout": config.kv_cache_layout,
+        "chunk_bytes": chunk_bytes,
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    safe_model = "".join(c if c.isalnum() or c in "-._" else "_" for c in config.model.name)
+    return f"{safe_model[-64:]}_{digest}", digest.encode()
+
+
+class AtomTierNvmeTier(SecondaryTierManager):
+    """Secondary tier on local disk: capped, LRU-evicting, checksummed, restart-persistent."""
+
+    medium: ClassVar[Medium] = Medium.STORAGE
+
+    def __init__(
+        self,
+        offloading_spec: OffloadingSpec,
+        primary_kv_view: memoryview,
+        tier_type: str,
+        root_dir: str,
+        capacity_bytes: int | None = None,
+        engine: str = "auto",
+        io_threads: int = 8,
+        fault_retry_s: float = 60.0,
+        locality: str | None = None,
+        backpressure_detector: BackpressureDetector | None = None,
+    ) -> None:
+        super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
+        self.locality = Locality(locality) if locality else Locality.LOCAL
+        self._flat = primary_kv_view.cast("B")
+        dirname, namespace = namespace_of(offloading_spec, self.block_size_bytes)
+        parallel = offloading_spec.config.parallel
+        root = Path(root_dir) / dirname
+        share = 1.0
+        if parallel.data_parallel_size > 1:
+            # Each DP replica has its own scheduler and so its own tier: split dir and cap.
+            root = root / f"dp{parallel.data_parallel_index}"
+            share = 1 / parallel.data_parallel_size
+            if capacity_bytes is not None:
+                capacity_bytes = int(capacity_bytes * share)
+        self.store = NvmeChunkStore(
+            root,
+            capacity_bytes,
+            namespace=namespace,
+            engine=engine,
+            io_threads=io_threads,
+            fault_retry_s=fault_retry_s,
+            auto_share=share,
+        )
+        self._finished: deque[JobResult] = deque()
+        self._open_jobs = 0
+        self._last_stats: dict[str, float] = {}
+        logger.info("atom-tier NVMe tier (%s) at %s", tier_type, root)
+
+    # -- lookups ---------------------------------------------------------------------------
+    def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
+        return LookupResult.HIT if self.store.lookup(key) else LookupResult.MISS
+
+    def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
+        self.store.touch(keys)
+
+    def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
+        return RequestOffloadingContext()
+
+    # -- transfers -------------------------------------------------------------------------
+    def _row(self, chunk_id: int) -> memoryview:
+        start = int(chunk_id) * self.block_size_bytes
+        return self._flat[start : start + self.block_size_bytes]
+
+    def submit_store(self, job_metadata: TransferJob) -> None:
+        items = [
+            (bytes(key), self._row(cid))
+            for key, cid in zip(job_metadata.keys, job_metadata.chunk_ids, strict=True)
+        ]
+        start = time.monotonic()
+        future = self.store.submit_writes(items)
+        self._open_jobs += 1
+        future.add_done_callback(lambda f: self._store_done(job_metadata.job_id, start, f))
+
+    def _store_done(self, job_id: int, start: float, future: Future[WriteReport]) -> None:
+        try:
+            report = future.result()
+            ok, nbytes = report.ok, report.written_bytes
+        except Exception:  # never expected: the store turns I/O errors into reports
+            logger.exception("NVMe tier store job %s failed", job_id)
+            ok, nbytes = False, 0
+        self._finished.append(
+            JobResult(job_id, ok, transfer_time=time.monotonic() - start, transfer_bytes=nbytes)
+        )
+
+    def submit_load(self, job_metadata: TransferJob) -> None:
+        keys = [bytes(k) for k in job_metadata.keys]
+        items = [(k, self._row(c)) for k, c in zip(keys, job_metadata.chunk_ids, strict=True)]
+        start = time.monotonic()
+        future = self.store.submit_reads(items)
+        self._open_jobs += 1
+        original = list(job_metadata.keys)
+        future.add_done_callback(lambda f: self._load_done(job_metadata.job_id, original, start, f))
+
+    def _load_done(
+        self, job_id: int, keys: list[OffloadKey], start: float, future: Future[list[bool]]
+    ) -> None:
+        try:
+            results = future.result()
+        except Exception:
+            logger.exception("NVMe tier load job %s failed", job_id)
+            results = [False] * len(keys)
+        loaded = [k for k, ok in zip(keys, results, strict=True) if ok]
+        success = len(loaded) == len(keys)
+        self._finished.append(
+            JobResult(
+                job_id,
+                success,
+                # A failed key is never reported loaded: its DRAM slot may hold garbage.
+                successful_keys=None if success else tuple(loaded),
+                transfer_time=time.monotonic() - start,
+                transfer_bytes=len(loaded) * self.block_size_bytes,
+            )
+        )
+
+    def get_finished_jobs(self) -> Iterable[JobResult]:
+        results = []
+        while self._finished:
+            results.append(self._finished.popleft())
+        self._open_jobs -= len(results)
+        return results
+
+    def has_pending_work(self) -> bool:
+        return self._open_jobs > 0
+
+    def drain_jobs(self) -> None:
+        self.store.drain()
+
+    def shutdown(self) -> None:
+        self.store.close()
+
+    # -- metrics ---------------------------------------------------------------------------
+    def tier_usage(self) -> tuple[int, int]:
+        """(bytes on disk, cap): what the connector's per-tier usage gauges report."""
+        return self.store.index.used_bytes, self.store.index.capacity_bytes
+
+    def stats(self) -> dict[str, float]:
+        """Plain snapshot of the tier's counters and gauges (see ``tier_stats``)."""
+        return self.store.stats()
+
+    @classmethod
+    def build_metric_definitions(
+        cls, extra_config: dict[str, Any]
+    ) -> dict[str, OffloadingMetricMetadata]:
+        metrics: dict[str, OffloadingMetricMetadata] = {}
+        for name in COUNTER_NAMES:
+            metrics[METRIC_PREFIX + name] = OffloadingCounterMetadata(
+                documentation=f"atom-tier NVMe tier: {name.replace('_', ' ')}."
+            )
+        for name in GAUGE_NAMES:
+            metrics[METRIC_PREFIX + name] = OffloadingGaugeMetadata(
+                documentation=f"atom-tier NVMe tier: {name.replace('_', ' ')} (current)."
+            )
+        return metrics
+
+    def get_stats(self) -> OffloadingConnectorStats | None:
+        """Counter increments and changed gauges since the previous call."""
+        now = self.store.stats()
+        stats = OffloadingConnectorStats()
+        for name in COUNTER_NAMES:
+            delta = now[name] - self._last_stats.get(name, 0.0)
+            if delta:
+                stats.increase_counter(METRIC_PREFIX + name, delta)
+        for name in GAUGE_NAMES:
+            if now[name] != self._last_stats.get(name):
+                stats.set_gauge(METRIC_PREFIX + name, now[name])
+        self._last_stats = now
+        return None if stats.is_empty() else stats
