@@ -4,8 +4,10 @@ Starts a real vLLM OpenAI server with atom-tier installed and its opt-in CPU dev
 platform (which, like the ROCm platform, applies atom-tier's policy and turns the tiered KV
 connector on with no `--kv-transfer-config`). The device KV cache is shrunk to 12 blocks so that
 a conversation's prefix falls out of it; the demo then shows that prefix reloaded from the DRAM
-tier instead of being computed again. It prints the answers, what atom-tier logged inside the
-server, the doctor report, then stops the server and checks nothing of it is left.
+tier instead of being computed again. Then it replays a few synthetic agentic traces against
+the server with `atom-tier replay` and prints the replay's table and where its CSVs and plots
+are. It prints the answers, what atom-tier logged inside the server, the doctor report, then
+stops the server and checks nothing of it is left.
 """
 
 from __future__ import annotations
@@ -77,7 +79,31 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def run_demo(workdir: Path) -> int:
+def replay_traces(server: CpuVllmServer, workdir: Path, seconds: float) -> int:
+    """`atom-tier gen-traces` then `atom-tier replay` against the demo server."""
+    from atom_tier.cli import main as atom_tier
+
+    traces, results = workdir / "traces", workdir / "replay"
+    print(f"[demo] writing synthetic agentic traces to {traces}")
+    # Short conversations (6K-token first turns, 1/16 scale) fit the demo's 1024-token model.
+    atom_tier(
+        ["gen-traces", str(traces), "--count", "6", "--seed", "1", "--context-tokens", "6000"]
+    )
+    print(f"[demo] replaying them for {seconds:.0f} s (contexts scaled 1/16 to fit the model)")
+    code = atom_tier(
+        [
+            "replay", str(traces), "--url", server.base_url, "--out", str(results),
+            "--duration", str(seconds), "--token-scale", "0.0625", "--max-context", "960",
+            "--think-scale", "0.1", "--max-think", "2", "--start-users", "2",
+            "--max-users", "3", "--max-output-tokens", "8", "--seed", "1", "--label", "demo",
+            "--recycle",
+        ]
+    )  # fmt: skip
+    print(f"[demo] replay exit status {code}; CSVs and plots in {results}")
+    return code
+
+
+def run_demo(workdir: Path, replay_seconds: float = 90) -> int:
     print(f"[demo] building the tiny model in {workdir / 'tiny-model'}")
     model_dir = build_tiny_model(workdir / "tiny-model")
     print("[demo] starting vLLM (CPU) with atom-tier; this takes about a minute...")
@@ -96,6 +122,7 @@ def run_demo(workdir: Path) -> int:
         print(f"[demo] answer : {reply['choices'][0]['text'].strip()}")
         print(f"[demo] usage  : {reply['usage']}")
         reloaded = show_tier_reload(server)
+        replayed = replay_traces(server, workdir, replay_seconds) == 0
         print("[demo] atom-tier inside the server:")
         for line in atom_tier_log_lines(server.log_text()):
             print("    " + line)
@@ -110,14 +137,15 @@ def run_demo(workdir: Path) -> int:
     leftover = group_alive(server.pid)
     left = "yes" if leftover else "none"
     print(f"[demo] server stopped (exit status {code}); processes left: {left}")
-    return 1 if leftover or not reloaded else 0
+    return 1 if leftover or not reloaded or not replayed else 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
+    parser.add_argument("--replay-seconds", type=float, default=90)
     args = parser.parse_args()
-    sys.exit(run_demo(args.workdir))
+    sys.exit(run_demo(args.workdir, args.replay_seconds))
 
 
 if __name__ == "__main__":

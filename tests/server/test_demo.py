@@ -13,7 +13,15 @@ pytestmark = pytest.mark.server
 
 def test_demo_serves_reloads_from_dram_and_stops_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "atom_tier.devtools.demo", "--workdir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "atom_tier.devtools.demo",
+            "--workdir",
+            str(tmp_path),
+            "--replay-seconds",
+            "30",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -26,3 +34,5 @@ def test_demo_serves_reloads_from_dram_and_stops_cleanly(tmp_path: Path) -> None
     assert "features (platform cpu)" in out and "[on ] kv_connector" in out
     assert "atom-tier 0.1.0 doctor" in out and "Result:" in out
     assert "processes left: none" in out
+    assert "replay exit status 0" in out
+    assert (tmp_path / "replay").is_dir() and any((tmp_path / "replay").rglob("*.csv"))
