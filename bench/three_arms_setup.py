@@ -11,44 +11,26 @@ it was pushed out of the KV pool: reloaded from a tier, or recomputed.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 
-from atom_tier.devtools.tiny_model import build_tiny_model
+from atom_tier.devtools.tiny_model import ModelShape, build_tiny_model
 
 
 def build_bench_model(out_dir: Path, *, hidden: int, layers: int) -> Path:
     """A random Qwen3 of ``layers`` × ``hidden`` with the test model's tokenizer (cached)."""
-    marker = out_dir / "bench-model.json"
-    wanted = {"hidden": hidden, "layers": layers, "version": 1}
-    if marker.exists() and json.loads(marker.read_text()) == wanted:
-        return out_dir
-    import torch
-    from transformers import AutoConfig, Qwen3ForCausalLM
-
-    tiny = build_tiny_model(out_dir.parent / "tiny-model")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(str(tiny))
-    heads = max(2, hidden // 64)
-    config.update(
-        {"hidden_size": hidden, "intermediate_size": hidden * 8 // 3, "num_hidden_layers": layers,
-         "num_attention_heads": heads, "num_key_value_heads": 2, "head_dim": 64,
-         "layer_types": ["full_attention"] * layers}
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                 "special_tokens_map.json"):  # fmt: skip
-        if (tiny / name).exists():
-            shutil.copy(tiny / name, out_dir / name)
-    marker.write_text(json.dumps(wanted))
-    return out_dir
+    shape = ModelShape(
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        layers=layers,
+        heads=max(2, hidden // 64),
+        kv_heads=2,
+        head_dim=64,
+    )
+    return build_tiny_model(out_dir, shape=shape)
 
 
 def model_text(opts: argparse.Namespace) -> str:

@@ -8,13 +8,26 @@ weights from a fixed seed, and a WordLevel tokenizer over a small made-up vocabu
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 WORDS = 500
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 MARKER_FILE = "atom-tier-tiny-model.json"
 # Bump when what build_tiny_model writes changes, so an old cached directory is rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The transformer's dimensions; the default is the test model (head dim 32)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 32
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|> {{ message['role'] }} {{ message['content'] }}"
@@ -51,19 +64,20 @@ def _write_tokenizer(out_dir: Path) -> None:
     fast.save_pretrained(str(out_dir))
 
 
-def _write_model(out_dir: Path, seed: int) -> None:
+def _write_model(out_dir: Path, seed: int, shape: ModelShape) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     vocab_size = len(vocabulary())
     config = Qwen3Config(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        layer_types=["full_attention"] * shape.layers,
         max_position_embeddings=8192,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
@@ -78,15 +92,16 @@ def _write_model(out_dir: Path, seed: int) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
-def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to `out_dir` (created) unless an identical one is there already."""
+def build_tiny_model(out_dir: Path, *, seed: int = 0, shape: ModelShape | None = None) -> Path:
+    """Write the model to `out_dir` (created) unless an identical one is there already."""
     out_dir = Path(out_dir)
+    shape = shape or ModelShape()
     marker = out_dir / MARKER_FILE
-    wanted = {"format": FORMAT_VERSION, "seed": seed}
+    wanted = {"format": FORMAT_VERSION, "seed": seed, "shape": asdict(shape)}
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_model(out_dir, seed)
+    _write_model(out_dir, seed, shape)
     _write_tokenizer(out_dir)
     marker.write_text(json.dumps(wanted))
     return out_dir

@@ -8,7 +8,6 @@ local model directory to test instead of the generated model; ``--model-dir``) a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from atom_tier.devtools.tiny_model import build_tiny_model, vocabulary
+from atom_tier.devtools.tiny_model import ModelShape, build_tiny_model
 
 MODEL_ENV = "ROCM_TEST_MODEL"
 RESULTS_ENV = "ROCM_TEST_RESULTS"
@@ -59,41 +58,10 @@ def skip_reason(gpus_needed: int = 1) -> str | None:
 
 def write_model(out_dir: Path) -> Path:
     """A small random Qwen3 AITER's kernels accept: head dim 128 (the fused QK-norm/RoPE/cache
-    op supports 64/128/256), 2 KV heads (tensor parallel 2 splits them), bf16. The tokenizer is
-    the generated tiny model's, so no download is needed."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    marker = out_dir / "rocm-test-model.json"
-    if marker.exists():
-        return out_dir
-    tokenizer_source = build_tiny_model(out_dir.parent / f"{out_dir.name}-tokenizer")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in tokenizer_source.iterdir():
-        if item.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(item, out_dir / item.name)
-    vocab = vocabulary()
-    config = Qwen3Config(
-        vocab_size=len(vocab),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=128,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=True,
-        dtype="bfloat16",
-        bos_token_id=None,
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<pad>"],
-    )
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    marker.write_text(json.dumps({"head_dim": 128}))
-    return out_dir
+    op supports 64/128/256), 2 KV heads (tensor parallel 2 splits them), bf16, with the
+    generated tiny model's tokenizer, so no download is needed."""
+    shape = ModelShape(hidden_size=256, intermediate_size=512, heads=4, kv_heads=2, head_dim=128)
+    return build_tiny_model(out_dir, shape=shape)
 
 
 def model_under_test(tmp_root: Path) -> str:
