@@ -1,11 +1,20 @@
 """Overhead of the tiered connector at base load: TTFT with AtomTierConnector on vs off.
 
-Two real CPU vLLM servers on the same tiny model run side by side, one with the connector and
-one without; the same never-repeated prompts (no prefix reuse, no eviction pressure: the
-connector can only cost here) go to both, alternating which server is asked first. TTFT is the
-time to the first streamed token. Prints the machine, per-arm statistics and the ratio.
+Two real CPU vLLM servers on the same model run side by side, one with the connector and one
+without; the same never-repeated prompts (no prefix reuse, no eviction pressure: the connector
+can only cost here) go to both, alternating which server is asked first. TTFT is the time to
+the first streamed token. Prints the machine, per-arm statistics and the ratios.
 
-    .venv/bin/python bench/connector_overhead.py [--prompts 40] [--tokens 600]
+Each server is pinned to its own CPU (``taskset`` for all its processes and
+``VLLM_CPU_OMP_THREADS_BIND`` for its OpenMP threads). Unpinned, both servers' OpenMP threads
+spin on the same cores after every forward pass and each server's TTFT picks up the other's
+spinning: hundreds of milliseconds of noise on 2 cores, far larger than what is measured.
+Cores and start order can favour one server, so passes swap the cores (every other pass) and
+which server starts first (passes 3 and 4); the figures pool all passes. Pass-to-pass spread
+is reported too: it is the noise floor of the comparison.
+
+    .venv/bin/python bench/connector_overhead.py [--model tiny|bench] [--prompts 60]
+        [--tokens 600] [--passes 4]
 """
 
 from __future__ import annotations
@@ -16,16 +25,31 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from three_arms_setup import build_bench_model
 
 from atom_tier.devtools.cpu_server import CpuVllmServer
 from atom_tier.devtools.tiny_model import build_tiny_model
 
 CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both"})
+ARMS = ("off", "on")
+
+
+class PinnedServer(CpuVllmServer):
+    """A CPU server whose processes and OpenMP threads all run on one CPU."""
+
+    def __init__(self, *args: object, cpu: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cpu = cpu
+        self.extra_env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
+
+    def command(self) -> list[str]:
+        return ["taskset", "-c", str(self.cpu), *super().command()]
 
 
 def ttft_seconds(client: httpx.Client, server: CpuVllmServer, prompt: list[int]) -> float:
@@ -50,55 +74,124 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.platform()}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompts", type=int, default=40)
-    parser.add_argument("--tokens", type=int, default=600)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+def trimmed_mean(values: list[float], cut: float = 0.05) -> float:
+    """Mean without the top and bottom ``cut`` fraction (a scheduling hiccup is not TTFT)."""
+    ordered = sorted(values)
+    drop = int(len(ordered) * cut)
+    return statistics.mean(ordered[drop : len(ordered) - drop] or ordered)
 
-    work = Path(tempfile.mkdtemp(prefix="atom-tier-overhead-"))
-    model = build_tiny_model(work / "model")
+
+def run_pass(
+    model: Path,
+    work: Path,
+    cpus: dict[str, int],
+    start_order: tuple[str, ...],
+    prompts: list[list[int]],
+    warmup: int,
+) -> dict[str, list[float]]:
     env = {"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "1"}
     servers = {
-        "off": CpuVllmServer(model, workdir=work, env=env, name="off"),
-        "on": CpuVllmServer(
-            model, workdir=work, env=env, args=["--kv-transfer-config", CONNECTOR], name="on"
-        ),
-    }
+        arm: PinnedServer(
+            model, workdir=work, env=env, cpu=cpus[arm], name=f"{arm}-cpu{cpus[arm]}",
+            args=["--kv-transfer-config", CONNECTOR] if arm == "on" else [],
+        )
+        for arm in ARMS
+    }  # fmt: skip
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    try:
+        for arm in start_order:
+            servers[arm].start()
+        with httpx.Client(timeout=300) as client:
+            for index, prompt in enumerate(prompts):
+                order = ARMS if index % 2 == 0 else ARMS[::-1]
+                for arm in order:
+                    seconds = ttft_seconds(client, servers[arm], prompt)
+                    if index >= warmup:
+                        times[arm].append(seconds)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return times
+
+
+def report(label: str, times: dict[str, list[float]]) -> float:
+    """Print one table and its ratios; return the mean TTFT ratio on/off."""
+    print(f"\n{label}")
+    print("| connector | mean ms | 5%-trimmed mean ms | median ms | p90 ms | max ms |")
+    print("|---|---|---|---|---|---|")
+    for arm in ARMS:
+        values = times[arm]
+        p90 = statistics.quantiles(values, n=10)[-1]
+        print(f"| {arm} | {statistics.mean(values) * 1e3:.1f} | {trimmed_mean(values) * 1e3:.1f} "
+              f"| {statistics.median(values) * 1e3:.1f} | {p90 * 1e3:.1f} "
+              f"| {max(values) * 1e3:.1f} |")  # fmt: skip
+    on, off = times["on"], times["off"]
+    paired = [a / b for a, b in zip(on, off, strict=True)]
+    for name, figure in (
+        ("mean", statistics.mean(on) / statistics.mean(off)),
+        ("5%-trimmed mean", trimmed_mean(on) / trimmed_mean(off)),
+        ("median", statistics.median(on) / statistics.median(off)),
+        ("median of per-prompt on/off", statistics.median(paired)),
+    ):
+        print(f"{name} TTFT on/off: {figure:.3f} ({100 * (figure - 1):+.1f}%)")
+    return statistics.mean(on) / statistics.mean(off)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=("tiny", "bench"), default="tiny")
+    parser.add_argument("--hidden", type=int, default=384, help="bench model width")
+    parser.add_argument("--layers", type=int, default=4, help="bench model depth")
+    parser.add_argument("--prompts", type=int, default=60)
+    parser.add_argument("--tokens", type=int, default=600)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=4,
+        help="pass i swaps the cores (i odd), the start order (i = 2, 3)",
+    )
+    args = parser.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs at least 2 CPUs: one per server")
+
+    work = Path(tempfile.mkdtemp(prefix="atom-tier-overhead-"))
+    if args.model == "tiny":
+        model = build_tiny_model(work / "model")
+        described = "atom-tier's tiny test model (2 layers, hidden 128)"
+    else:
+        model = build_bench_model(work / "model", hidden=args.hidden, layers=args.layers)
+        described = f"random Qwen3, {args.layers} layers, hidden {args.hidden}"
     rng = random.Random(0)
     prompts = [
         [rng.randrange(10, 500) for _ in range(args.tokens)]
         for _ in range(args.warmup + args.prompts)
     ]
-    times: dict[str, list[float]] = {"off": [], "on": []}
-    try:
-        for server in servers.values():
-            server.start()
-        with httpx.Client(timeout=300) as client:
-            for index, prompt in enumerate(prompts):
-                order = ["off", "on"] if index % 2 == 0 else ["on", "off"]
-                for arm in order:
-                    seconds = ttft_seconds(client, servers[arm], prompt)
-                    if index >= args.warmup:
-                        times[arm].append(seconds)
-    finally:
-        for server in servers.values():
-            server.stop()
-
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"{args.prompts} distinct {args.tokens}-token prompts, {args.warmup} warm-up, "
-          "alternating order; TTFT to the first streamed token")  # fmt: skip
-    print("| connector | mean ms | median ms | p90 ms |")
-    print("|---|---|---|---|")
-    for arm, values in times.items():
-        p90 = statistics.quantiles(values, n=10)[-1]
-        print(f"| {arm} | {statistics.mean(values) * 1e3:.1f} | "
-              f"{statistics.median(values) * 1e3:.1f} | {p90 * 1e3:.1f} |")  # fmt: skip
-    ratio = statistics.mean(times["on"]) / statistics.mean(times["off"])
-    median_ratio = statistics.median(times["on"]) / statistics.median(times["off"])
-    print(f"mean TTFT on/off: {ratio:.3f} (overhead {100 * (ratio - 1):+.1f}%); "
-          f"median on/off: {median_ratio:.3f}")  # fmt: skip
+    print(f"machine: {machine()}")
+    print(
+        f"model: {described}; {args.prompts} distinct {args.tokens}-token prompts per pass, "
+        f"{args.warmup} warm-up, alternating order; TTFT to the first streamed token"
+    )
+    pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    ratios: list[float] = []
+    for index in range(args.passes):
+        cpus = {"off": index % 2, "on": 1 - index % 2}
+        start_order = ARMS if index % 4 < 2 else ARMS[::-1]
+        times = run_pass(model, work, cpus, start_order, prompts, args.warmup)
+        ratios += [
+            report(
+                f"pass {index + 1}: off on CPU {cpus['off']}, on on CPU {cpus['on']}, "
+                f"{start_order[0]} started first",
+                times,
+            )
+        ]
+        for arm in ARMS:
+            pooled[arm] += times[arm]
+    if args.passes > 1:
+        report(f"all {args.passes} passes", pooled)
+        spread = ", ".join(f"{100 * (r - 1):+.1f}%" for r in ratios)
+        print(f"mean TTFT on/off per pass: {spread} (the pass-to-pass spread is the noise floor)")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class MeteredTieringManager(OffloadingManager):
     def __init__(self, inner: TieringOffloadingManager, dram_chunk_bytes: int) -> None:
         self.inner = inner
         self.dram_chunk_bytes = dram_chunk_bytes
+        # (gauge name, labels) -> value last reported (see metrics.drop_unchanged_gauges).
+        self._reported_gauges: dict[tuple[str, tuple[str, ...]], float] = {}
 
     # -- atom-tier's additions ---------------------------------------------------------------
     def dram_used_chunks(self) -> int:
@@ -52,6 +54,13 @@ class MeteredTieringManager(OffloadingManager):
         return int(self.inner.primary_tier._num_chunks)
 
     def get_stats(self) -> OffloadingConnectorStats | None:
+        """vLLM's stats plus atom-tier's, without gauges that did not change; None if empty.
+
+        Called every engine step. A non-empty result is shipped to the API server and observed
+        into Prometheus there, and vLLM's DRAM tier sets its usage gauges every step, so every
+        step used to carry a report: about 0.4 ms per request on the CPU server at base load.
+        A gauge keeps its last value, so leaving an unchanged one out changes nothing visible.
+        """
         stats = self.inner.get_stats() or OffloadingConnectorStats()
         metrics.add_misses(stats)
         metrics.set_usage(
@@ -64,7 +73,8 @@ class MeteredTieringManager(OffloadingManager):
         labels = [tier_label(i, t.tier_type) for i, t in enumerate(tiers)]
         for label, used, capacity in metrics.secondary_usage(tiers, labels):
             metrics.set_usage(stats, label, used, capacity)
-        return stats
+        metrics.drop_unchanged_gauges(stats, self._reported_gauges)
+        return None if stats.is_empty() else stats
 
     # -- plain forwarding ----------------------------------------------------------------------
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:

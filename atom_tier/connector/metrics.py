@@ -77,6 +77,27 @@ def metric_definitions() -> dict[str, OffloadingMetricMetadata]:
     }
 
 
+def drop_unchanged_gauges(
+    stats: OffloadingConnectorStats, reported: dict[tuple[str, tuple[str, ...]], float]
+) -> None:
+    """Remove gauge values equal to the ones last reported; remember the others in ``reported``.
+
+    Counters and histograms are increments and stay as they are.
+    """
+    types: dict[str, str] = stats.data.get("types", {})
+    data: dict[str, dict[tuple[str, ...], Any]] = stats.data.get("data", {})
+    for name in [name for name, kind in types.items() if kind == "gauge" and name in data]:
+        values = data[name]
+        for label, value in list(values.items()):
+            if reported.get((name, label)) == value:
+                del values[label]
+            else:
+                reported[(name, label)] = value
+        if not values:
+            del data[name]
+            del types[name]
+
+
 def _values(stats: OffloadingConnectorStats, name: str) -> dict[tuple[str, ...], Any]:
     # The payload is {"types": {...}, "data": {name: {labelvalues: value}}}, vLLM's own format.
     data: dict[str, dict[tuple[str, ...], Any]] = stats.data.get("data", {})

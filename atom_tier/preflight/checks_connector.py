@@ -45,6 +45,7 @@ class DramBudget:
 
     memory_limit: int | None
     shm_size: int | None
+    shm_free: int | None = None
 
 
 def _read_int(path: Path) -> int | None:
@@ -71,9 +72,10 @@ def probe_dram_budget(
     try:
         stat = os.statvfs(shm)
         shm_size: int | None = stat.f_blocks * stat.f_frsize
+        shm_free: int | None = stat.f_bavail * stat.f_frsize
     except OSError:
-        shm_size = None
-    return DramBudget(min(limits) if limits else None, shm_size)
+        shm_size = shm_free = None
+    return DramBudget(min(limits) if limits else None, shm_size, shm_free)
 
 
 def auto_dram_tier_bytes(budget: DramBudget, device_share: float = 1.0) -> int:
@@ -216,6 +218,24 @@ def evaluate_dram_tier(
     )
 
 
+def evaluate_shm_room(dram_bytes: int, budget: DramBudget) -> Finding | None:
+    """The DRAM tier lives in one /dev/shm file that vLLM pre-faults at start-up: a tier larger
+    than the free space there stops the server while it starts (Docker gives containers 64 MB
+    unless told otherwise). None when /dev/shm cannot be read or the tier fits."""
+    if budget.shm_free is None or dram_bytes <= budget.shm_free:
+        return None
+    size = f"{gib(budget.shm_size)} " if budget.shm_size is not None else ""
+    shm_gib = math.ceil(dram_bytes / GIB) + 1  # the tier plus room for vLLM's own use
+    return Finding(
+        Level.ERROR,
+        "dram-tier-exceeds-shm",
+        f"DRAM tier {gib(dram_bytes)} does not fit in /dev/shm ({size}with "
+        f"{gib(budget.shm_free)} free), where vLLM maps it: the server would fail at start-up",
+        f"give the container more shared memory (docker run --shm-size={shm_gib}g or "
+        "--ipc=host), free /dev/shm, or lower ATOM_TIER_DRAM_GB",
+    )
+
+
 def _uses_atom_tier_connector(vllm_config: Any) -> bool:
     transfer = getattr(vllm_config, "kv_transfer_config", None)
     return transfer is not None and transfer.kv_connector == CONNECTOR_NAME
@@ -227,7 +247,8 @@ def check_dram_tier(ctx: CheckContext) -> Iterable[Finding]:
     if config is None or not _uses_atom_tier_connector(config):
         return []
     settings = ctx.settings
-    dram = dram_tier_bytes(settings, probe_dram_budget(), device_share(config))
+    budget = probe_dram_budget()
+    dram = dram_tier_bytes(settings, budget, device_share(config))
     if dram <= 0:
         return [
             Finding(
@@ -247,4 +268,5 @@ def check_dram_tier(ctx: CheckContext) -> Iterable[Finding]:
         device_kv_tokens=device_kv_tokens(config),
         reload_concurrency=settings.reload_concurrency,
     )
-    return [evaluate_dram_tier(dram, requirement, settings)]
+    no_room = evaluate_shm_room(dram, budget)
+    return [evaluate_dram_tier(dram, requirement, settings), *([no_room] if no_room else [])]

@@ -24,7 +24,9 @@ from atom_tier.preflight.checks_connector import (
     auto_dram_tier_bytes,
     check_dram_tier,
     dram_requirement,
+    evaluate_shm_room,
     kv_bytes_per_token,
+    probe_dram_budget,
 )
 from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
 from atom_tier.preflight.findings import Level, registered_checks
@@ -190,3 +192,28 @@ def test_hit_tokens_line_reads_like_lmcaches() -> None:
         "atom-tier hit tokens: 384 (dram 256, nvme 128), need to load: 384"
     )
     assert "hit tokens: 0 (dram 0, nvme 0)" in hit_tokens_line("r", 5, 0, {})
+
+
+def test_shm_room_rule() -> None:
+    # Docker's default /dev/shm (64 MiB) cannot hold a 1 GiB tier; the fix names --shm-size.
+    docker = DramBudget(100 * GIB, shm_size=64 * 1024**2, shm_free=60 * 1024**2)
+    finding = evaluate_shm_room(1 * GIB, docker)
+    assert finding is not None
+    assert (finding.level, finding.code) == (Level.ERROR, "dram-tier-exceeds-shm")
+    assert "1.00 GiB" in finding.message and "60.00 MiB free" in finding.message
+    assert "--shm-size=2g" in finding.fix and "ATOM_TIER_DRAM_GB" in finding.fix
+    assert evaluate_shm_room(50 * 1024**2, docker) is None
+    assert evaluate_shm_room(1 * GIB, DramBudget(None, None)) is None  # /dev/shm unreadable
+
+
+def test_guard_measures_the_real_dev_shm(vllm_config: Any) -> None:
+    """The check reads this machine's /dev/shm: a tier larger than its free space fails."""
+    with_connector(vllm_config)
+    free = probe_dram_budget().shm_free
+    assert free is not None
+    too_big = str(round(free / GIB + 1, 2))
+    findings = list(check_dram_tier(context(vllm_config, ATOM_TIER_DRAM_GB=too_big)))
+    assert [f.code for f in findings] == ["dram-tier-size", "dram-tier-exceeds-shm"]
+    fits = str(round(min(free / 2, GIB) / GIB, 3))
+    findings = list(check_dram_tier(context(vllm_config, ATOM_TIER_DRAM_GB=fits)))
+    assert "dram-tier-exceeds-shm" not in [f.code for f in findings]

@@ -105,11 +105,17 @@ def test_usage_and_misses_on_the_real_tiering_manager(metered: MeteredTieringMan
     assert values(stats, metrics.USED_BYTES)[dram] == 2 * CHUNK
     assert values(stats, metrics.CAPACITY_BYTES)[dram] == 4 * CHUNK
     assert values(stats, metrics.USAGE_PERC)[dram] == 0.5
-    # Counters restart each interval; usage is a gauge and stays.
+    # Counters restart each interval and gauges are sent only when they change: an idle
+    # step reports nothing (a non-empty report costs a round of Prometheus work per step).
+    assert metered.get_stats() is None
+    metered.prepare_store(keys[2:], request)
+    metered.complete_store(keys[2:], request)
     again = metered.get_stats()
     assert again is not None
     assert metrics.CHUNK_MISSES not in again.data["data"]
-    assert values(again, metrics.USED_BYTES)[dram] == 2 * CHUNK
+    assert values(again, metrics.USED_BYTES)[dram] == 3 * CHUNK
+    assert values(again, metrics.USAGE_PERC)[dram] == 0.75
+    assert metered.get_stats() is None
     metered.on_request_finished(request)
 
 
