@@ -22,16 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from three_arms_setup import build_bench_model
+from three_arms_setup import build_bench_model, machine
 
 from atom_tier.devtools.cpu_server import CpuVllmServer
 from atom_tier.devtools.tiny_model import build_tiny_model
@@ -43,8 +43,8 @@ ARMS = ("off", "on")
 class PinnedServer(CpuVllmServer):
     """A CPU server whose processes and OpenMP threads all run on one CPU."""
 
-    def __init__(self, *args: object, cpu: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, model_dir: Path, *, cpu: int, **kwargs: Any) -> None:
+        super().__init__(model_dir, **kwargs)
         self.cpu = cpu
         self.extra_env["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu)
 
@@ -63,15 +63,6 @@ def ttft_seconds(client: httpx.Client, server: CpuVllmServer, prompt: list[int])
             if line.startswith("data: ") and '"text"' in line:
                 return time.perf_counter() - started
     raise RuntimeError("no token streamed")
-
-
-def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.platform()}"
 
 
 def trimmed_mean(values: list[float], cut: float = 0.05) -> float:

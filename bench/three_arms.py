@@ -28,14 +28,13 @@ import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from three_arms_setup import build_bench_model, model_text, probe_reload
+from three_arms_setup import build_bench_model, machine, model_text, probe_reload
 
 from atom_tier.devtools.cpu_server import CpuVllmServer, ServerStartError
 from atom_tier.devtools.tiny_model import build_tiny_model
@@ -91,24 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     return parser.parse_args(argv)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in cpuinfo
-                    if line.startswith("model name")
-                ),
-                model,
-            )
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return f"{model}, {os.cpu_count()} logical CPUs, {memory:.1f} GiB RAM, {platform.platform()}"
 
 
 def arm_server(arm: str, opts: argparse.Namespace, nvme_dir: Path) -> tuple[list[str], dict]:

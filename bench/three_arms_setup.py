@@ -11,6 +11,8 @@ it was pushed out of the KV pool: reloaded from a tier, or recomputed.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import random
 import time
 from pathlib import Path
@@ -65,3 +67,22 @@ def probe_reload(url: str, model: str, pool_tokens: int) -> dict[str, float]:
             ttft([rng.randrange(8, 500) for _ in range(tokens)])
         again.append(ttft(prompt))
     return {"probe_cold_s": min(cold), "probe_after_eviction_s": min(again)}
+
+
+def machine() -> str:
+    """CPU model, logical CPUs, RAM and OS of this machine, for benchmark reports."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                model,
+            )
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return f"{model}, {os.cpu_count()} logical CPUs, {memory:.1f} GiB RAM, {platform.platform()}"
