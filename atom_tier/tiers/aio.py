@@ -1,12 +1,12 @@
-"""File I/O engines of the NVMe tier, driven from one asyncio loop.
+"""File I/O engines of the NVMe tier, called from the tier's I/O threads.
 
 Two engines, chosen by probing the tier's directory at start-up (the second lives in
 ``aiofile_engine``):
 
 ``direct``  O_DIRECT with aligned buffers. Page-aligned DRAM-tier slots are written from and
             read into directly (zero copy); anything unaligned goes through a bounce buffer
-            from an mmap-backed aligned pool. The positional syscalls (``pwritev``/``preadv``,
-            which release the GIL) run in the tier's thread pool, awaited from the loop.
+            from an mmap-backed aligned pool. The positional syscalls (``pwritev``/``preadv``)
+            release the GIL, so the store's I/O threads overlap them.
 ``aiofile`` Buffered I/O through aiofile (caio: io_uring, Linux AIO or threads, whichever
             works here), for filesystems that refuse O_DIRECT (overlayfs, some NFS).
 
@@ -18,7 +18,6 @@ with EINVAL, on all four caio back-ends (verified). Aligned buffers need our own
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -26,9 +25,7 @@ import mmap
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 from atom_tier.tiers.chunk_format import (
     ALIGNMENT,
@@ -40,12 +37,9 @@ from atom_tier.tiers.chunk_format import (
     verify_chunk,
 )
 
-_T = TypeVar("_T")
-_I = TypeVar("_I")
 # (temp path, final path, namespace, key, payload) and (path, namespace, key, out buffer)
 WriteItem = tuple[str, str, bytes, bytes, memoryview]
 ReadItem = tuple[str, bytes, bytes, memoryview]
-GROUP_BYTES = 1 << 20
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # Linux moves at most this many bytes per read/write call.
 _MAX_IO = 0x7FFFF000
@@ -139,146 +133,77 @@ def _cap(buffers: list[memoryview]) -> list[memoryview]:
 
 
 class ChunkEngine(ABC):
-    """Writes and reads whole chunk files (header block + payload)."""
+    """Writes and reads whole chunk files (header block + payload).
+
+    Both calls block and run on the tier's I/O threads; each handles one group of chunks
+    back to back and reports per chunk instead of raising.
+    """
 
     name = "engine"
     o_direct = False
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
-        self.loop = loop
-        self.executor = executor
-
-    def run(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-        return self.loop.run_in_executor(self.executor, fn, *args)
+    @abstractmethod
+    def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
+        """Checksum, write ``temp``, publish it as ``final`` (rename); per chunk None or the
+        OSError that stopped it (its temp file may be left for the caller to remove)."""
 
     @abstractmethod
-    async def write_file(self, path: str, header: bytes, payload: memoryview) -> None:
-        """Create ``path`` (must not exist) holding header block + payload (padded)."""
-
-    @abstractmethod
-    async def read_file(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
-        """Read the header block and payload; returns payload bytes read (short at EOF)."""
-
-    async def write_chunk(
-        self, temp: str, final: str, namespace: bytes, key: bytes, payload: memoryview
-    ) -> None:
-        """Checksum, write ``temp``, publish it as ``final`` (rename)."""
-        crc = await self.run(payload_checksum, payload)
-        await self.write_file(temp, encode_header(namespace, key, payload.nbytes, crc), payload)
-        await self.run(os.rename, temp, final)
-
-    async def read_chunk(self, path: str, namespace: bytes, key: bytes, out: memoryview) -> None:
-        """Fill ``out`` with the verified payload; ChunkFormatError otherwise."""
-        header = bytearray(HEADER_BLOCK)
-        got = await self.read_file(path, memoryview(header), out)
-        await self.run(_verify, header, out, got, namespace, key)
-
-    async def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
-        """Write many chunks; per chunk None or the OSError that stopped it."""
-        return list(await asyncio.gather(*(_outcome(self.write_chunk(*i)) for i in items)))
-
-    async def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
-        """Read many chunks; per chunk None or the OSError / ChunkFormatError."""
-        return list(await asyncio.gather(*(_outcome(self.read_chunk(*i)) for i in items)))
+    def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
+        """Fill each buffer with its verified payload; per chunk None, an OSError or a
+        ChunkFormatError."""
 
     def close(self) -> None:
         return
 
 
-async def _outcome(job: Awaitable[None]) -> Exception | None:
-    try:
-        await job
-    except (OSError, ChunkFormatError) as exc:
-        return exc
-    return None
-
-
-def _groups(items: Sequence[_I], nbytes: Callable[[_I], int]) -> list[list[_I]]:
-    """Consecutive items in groups of at least GROUP_BYTES (one thread-pool task each)."""
-    groups: list[list[_I]] = []
-    size = GROUP_BYTES
-    for item in items:
-        if size >= GROUP_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(item)
-        size += nbytes(item)
-    return groups
-
-
-def _verify(header: bytearray, out: memoryview, got: int, namespace: bytes, key: bytes) -> None:
+def verify_read(
+    header: bytearray | memoryview, out: memoryview, got: int, namespace: bytes, key: bytes
+) -> None:
     verify_chunk(header, out.cast("B"), got, namespace=namespace, key=key)
 
 
 class DirectEngine(ChunkEngine):
-    """O_DIRECT with aligned buffers; syscalls in the thread pool."""
+    """O_DIRECT with aligned buffers, positional syscalls (which release the GIL)."""
 
     name = "direct"
     o_direct = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
-        super().__init__(loop, executor)
+    def __init__(self) -> None:
         self.pool = AlignedPool()
 
-    async def write_file(self, path: str, header: bytes, payload: memoryview) -> None:
-        await self.run(self._write_sync, path, header, payload)
-
-    async def read_file(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
-        return await self.run(self._read_sync, path, header_out, payload_out)
-
-    # One thread-pool task per chunk, or per GROUP_BYTES of small chunks: checksum, I/O and
-    # rename run back to back in one thread (a task per 128 KiB chunk cost ~2x throughput).
-    async def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
-        groups = _groups(items, lambda item: item[4].nbytes)
-        done = await asyncio.gather(*(self.run(self._write_group, g) for g in groups))
-        return [outcome for group in done for outcome in group]
-
-    async def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
-        groups = _groups(items, lambda item: item[3].nbytes)
-        done = await asyncio.gather(*(self.run(self._read_group, g) for g in groups))
-        return [outcome for group in done for outcome in group]
-
-    def _write_group(self, items: list[WriteItem]) -> list[Exception | None]:
+    def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
         out: list[Exception | None] = []
         for item in items:
             try:
-                self._write_chunk_sync(*item)
+                self._write_chunk(*item)
                 out.append(None)
             except OSError as exc:
                 out.append(exc)
         return out
 
-    def _read_group(self, items: list[ReadItem]) -> list[Exception | None]:
+    def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
         out: list[Exception | None] = []
         for item in items:
             try:
-                self._read_chunk_sync(*item)
+                self._read_chunk(*item)
                 out.append(None)
             except (OSError, ChunkFormatError) as exc:
                 out.append(exc)
         return out
 
-    async def write_chunk(
-        self, temp: str, final: str, namespace: bytes, key: bytes, payload: memoryview
-    ) -> None:
-        await self.run(self._write_chunk_sync, temp, final, namespace, key, payload)
-
-    async def read_chunk(self, path: str, namespace: bytes, key: bytes, out: memoryview) -> None:
-        await self.run(self._read_chunk_sync, path, namespace, key, out)
-
-    def _write_chunk_sync(
+    def _write_chunk(
         self, temp: str, final: str, namespace: bytes, key: bytes, payload: memoryview
     ) -> None:
         header = encode_header(namespace, key, payload.nbytes, payload_checksum(payload))
-        self._write_sync(temp, header, payload)
+        self._write_file(temp, header, payload)
         os.rename(temp, final)
 
-    def _read_chunk_sync(self, path: str, namespace: bytes, key: bytes, out: memoryview) -> None:
+    def _read_chunk(self, path: str, namespace: bytes, key: bytes, out: memoryview) -> None:
         header = bytearray(HEADER_BLOCK)
-        got = self._read_sync(path, memoryview(header), out)
-        _verify(header, out, got, namespace, key)
+        got = self._read_file(path, memoryview(header), out)
+        verify_read(header, out, got, namespace, key)
 
-    def _write_sync(self, path: str, header: bytes, payload: memoryview) -> None:
+    def _write_file(self, path: str, header: bytes, payload: memoryview) -> None:
         head = self.pool.take(HEADER_BLOCK)
         bounce: mmap.mmap | None = None
         try:
@@ -299,7 +224,7 @@ class DirectEngine(ChunkEngine):
             if bounce is not None:
                 self.pool.give(bounce)
 
-    def _read_sync(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
+    def _read_file(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
         head = self.pool.take(HEADER_BLOCK)
         body = payload_out.cast("B")
         bounce: mmap.mmap | None = None
@@ -353,16 +278,14 @@ def probe_o_direct(directory: str) -> bool:
             os.remove(path)
 
 
-async def make_engine(
-    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, directory: str, kind: str
-) -> ChunkEngine:
+def make_engine(directory: str, kind: str) -> ChunkEngine:
     """``kind``: "auto" (direct when O_DIRECT works here, else aiofile), "direct", "aiofile"."""
     if kind not in ("auto", "direct", "aiofile"):
         raise ValueError(f"unknown NVMe tier I/O engine {kind!r}: use auto, direct or aiofile")
     if kind == "direct" or (kind == "auto" and probe_o_direct(directory)):
         if kind == "direct" and not probe_o_direct(directory):
             raise OSError(errno.EINVAL, f"O_DIRECT is not supported in {directory}")
-        return DirectEngine(loop, executor)
+        return DirectEngine()
     from atom_tier.tiers.aiofile_engine import make_aiofile_engine
 
-    return await make_aiofile_engine(loop, executor, directory)
+    return make_aiofile_engine(directory)

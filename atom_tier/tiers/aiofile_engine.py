@@ -2,6 +2,10 @@
 
 Used where the filesystem refuses O_DIRECT (overlayfs, some NFS), or when asked for. See
 ``aio`` for why the O_DIRECT engine does not go through aiofile.
+
+caio needs an asyncio loop; the engine runs its own on one thread. The store's I/O threads
+open, checksum, verify and rename; only the reads and writes of a group of chunks go to the
+loop, all at once, so caio sees the whole group in flight.
 """
 
 from __future__ import annotations
@@ -11,12 +15,19 @@ import contextlib
 import errno
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, BinaryIO, TypeVar
 
-from atom_tier.tiers.aio import ChunkEngine
-from atom_tier.tiers.chunk_format import HEADER_BLOCK, align_up
+from atom_tier.tiers.aio import ChunkEngine, ReadItem, WriteItem, verify_read
+from atom_tier.tiers.chunk_format import (
+    HEADER_BLOCK,
+    ChunkFormatError,
+    align_up,
+    encode_header,
+    payload_checksum,
+)
 
+_T = TypeVar("_T")
 _ERRNO_BY_MESSAGE = {os.strerror(code): code for code in errno.errorcode}
 
 
@@ -28,57 +39,118 @@ def caio_error(exc: SystemError, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
 
 
+class _LoopThread:
+    """An asyncio loop running on its own daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="atom_tier_aiofile_loop", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coro`` on the loop and wait for it (never call from the loop thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
 class AiofileEngine(ChunkEngine):
-    """Buffered I/O through aiofile/caio (file opening/closing in the thread pool)."""
+    """Buffered I/O through aiofile/caio."""
 
     name = "aiofile"
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        executor: ThreadPoolExecutor,
-        context: Any,
-        backend: str = "",
-    ) -> None:
-        super().__init__(loop, executor)
+    def __init__(self, loop_thread: _LoopThread, context: Any, backend: str = "") -> None:
+        self._loop_thread = loop_thread
         self.context = context
         self.name = f"aiofile/{backend}" if backend else "aiofile"
 
-    async def write_file(self, path: str, header: bytes, payload: memoryview) -> None:
+    def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = [None] * len(items)
+        opened: list[tuple[int, BinaryIO, bytes]] = []
+        for i, (temp, _final, namespace, key, payload) in enumerate(items):
+            body = payload.cast("B")
+            header = encode_header(namespace, key, body.nbytes, payload_checksum(body))
+            pad = align_up(body.nbytes) - body.nbytes
+            data = b"".join((header, body, bytes(pad)))  # caio writes bytes objects only
+            try:
+                opened.append((i, open(temp, "xb", buffering=0), data))
+            except OSError as exc:
+                outcomes[i] = exc
+        errors = self._loop_thread.run(self._write_all([(fp, data) for _i, fp, data in opened]))
+        for (i, fp, _data), error in zip(opened, errors, strict=True):
+            fp.close()
+            temp, final = items[i][0], items[i][1]
+            try:
+                if error is not None:
+                    raise caio_error(error, temp)
+                os.rename(temp, final)
+            except OSError as exc:
+                outcomes[i] = exc
+        return outcomes
+
+    def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = [None] * len(items)
+        opened: list[tuple[int, BinaryIO]] = []
+        for i, (path, _namespace, _key, _out) in enumerate(items):
+            try:
+                opened.append((i, open(path, "rb", buffering=0)))
+            except OSError as exc:
+                outcomes[i] = exc
+        sizes = [HEADER_BLOCK + items[i][3].nbytes for i, _fp in opened]
+        done = self._loop_thread.run(self._read_all([fp for _i, fp in opened], sizes))
+        for (i, fp), result in zip(opened, done, strict=True):
+            fp.close()
+            path, namespace, key, out = items[i]
+            try:
+                if isinstance(result, SystemError):
+                    raise caio_error(result, path)
+                body = out.cast("B")
+                payload_read = max(0, len(result) - HEADER_BLOCK)
+                body[:payload_read] = result[HEADER_BLOCK : HEADER_BLOCK + payload_read]
+                header = bytearray(HEADER_BLOCK)
+                header[: min(len(result), HEADER_BLOCK)] = result[:HEADER_BLOCK]
+                verify_read(header, out, payload_read, namespace, key)
+            except (OSError, ChunkFormatError) as exc:
+                outcomes[i] = exc
+        return outcomes
+
+    async def _write_all(self, files: list[tuple[BinaryIO, bytes]]) -> list[SystemError | None]:
         from aiofile import AIOFile
 
-        body = payload.cast("B")
-        pad = align_up(body.nbytes) - body.nbytes
-        data = b"".join((header, body, bytes(pad)))  # caio writes bytes objects only
-        fp = await self.run(open, path, "xb", 0)
-        try:
-            await AIOFile.from_fp(fp, context=self.context).write(data, 0)
-        except SystemError as exc:
-            raise caio_error(exc, path) from exc
-        finally:
-            await self.run(fp.close)
+        async def one(fp: BinaryIO, data: bytes) -> SystemError | None:
+            try:
+                await AIOFile.from_fp(fp, context=self.context).write(data, 0)
+            except SystemError as exc:
+                return exc
+            return None
 
-    async def read_file(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
+        return list(await asyncio.gather(*(one(fp, data) for fp, data in files)))
+
+    async def _read_all(self, files: list[BinaryIO], sizes: list[int]) -> list[bytes | SystemError]:
         from aiofile import AIOFile
 
-        body = payload_out.cast("B")
-        fp = await self.run(open, path, "rb", 0)
-        try:
-            data = await AIOFile.from_fp(fp, context=self.context).read_bytes(
-                HEADER_BLOCK + body.nbytes, 0
-            )
-        except SystemError as exc:
-            raise caio_error(exc, path) from exc
-        finally:
-            await self.run(fp.close)
-        header_out[: min(len(data), HEADER_BLOCK)] = data[:HEADER_BLOCK]
-        payload_read = max(0, len(data) - HEADER_BLOCK)
-        body[:payload_read] = data[HEADER_BLOCK : HEADER_BLOCK + payload_read]
-        return payload_read
+        async def one(fp: BinaryIO, size: int) -> bytes | SystemError:
+            try:
+                return bytes(await AIOFile.from_fp(fp, context=self.context).read_bytes(size, 0))
+            except SystemError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(fp, n) for fp, n in zip(files, sizes, strict=True))))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.context.close()
+            self._loop_thread.run(self._close_context())
+        self._loop_thread.stop()
+
+    async def _close_context(self) -> None:
+        self.context.close()
 
 
 async def _aiofile_works(context: Any, directory: str) -> bool:
@@ -102,24 +174,31 @@ async def _aiofile_works(context: Any, directory: str) -> bool:
 _BACKEND_ORDER = ("thread_aio", "python_aio", "linux_uring", "linux_aio")
 
 
-async def make_aiofile_engine(
-    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, directory: str
-) -> AiofileEngine:
-    """aiofile engine on the first caio back-end that works here."""
+async def _first_working_backend(directory: str) -> tuple[Any, str] | None:
     import caio
 
     def rank(variant: Any) -> int:
         name = variant.__name__.rsplit(".", 1)[-1].replace("_asyncio", "")
         return _BACKEND_ORDER.index(name) if name in _BACKEND_ORDER else len(_BACKEND_ORDER)
 
+    loop = asyncio.get_running_loop()
     for variant in sorted(caio.variants_asyncio, key=rank):
         try:
             context = variant.AsyncioContext(loop=loop)
         except Exception:  # e.g. io_uring_setup refused by a seccomp profile
             continue
         if await _aiofile_works(context, directory):
-            backend = variant.__name__.rsplit(".", 1)[-1].replace("_asyncio", "")
-            return AiofileEngine(loop, executor, context, backend)
+            return context, variant.__name__.rsplit(".", 1)[-1].replace("_asyncio", "")
         with contextlib.suppress(Exception):
             context.close()
-    raise OSError(errno.EIO, f"no aiofile back-end can read and write files in {directory}")
+    return None
+
+
+def make_aiofile_engine(directory: str) -> AiofileEngine:
+    """aiofile engine on the first caio back-end that works here."""
+    loop_thread = _LoopThread()
+    found = loop_thread.run(_first_working_backend(directory))
+    if found is None:
+        loop_thread.stop()
+        raise OSError(errno.EIO, f"no aiofile back-end can read and write files in {directory}")
+    return AiofileEngine(loop_thread, *found)

@@ -1,9 +1,12 @@
 """NvmeChunkStore: a capacity-capped, checksummed, restart-persistent chunk store on disk.
 
 No vLLM here: keys are bytes, payloads are buffers. The scheduler-facing calls (lookup,
-touch, submit_writes, submit_reads) only touch the in-memory index and hand I/O to one
-asyncio loop thread; they return concurrent futures. ``vllm_tier`` adapts this to vLLM's
+touch, submit_writes, submit_reads) only touch the in-memory index and hand I/O to the
+store's I/O threads; they return concurrent futures. ``vllm_tier`` adapts this to vLLM's
 secondary-tier contract.
+
+A job's chunks run in groups on the I/O threads (``io_jobs``): each group does its
+deletions, claims, I/O, checks and index updates back to back on one thread.
 
 Guarantees:
 - bytes on disk (published + being written + evicted-not-yet-deleted) never exceed the cap;
@@ -16,13 +19,13 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,21 +41,26 @@ from atom_tier.tiers.chunk_format import (
     file_size_for,
 )
 from atom_tier.tiers.index import ChunkIndex, Victim
+from atom_tier.tiers.io_jobs import submit_job
 from atom_tier.tiers.rebuild import (
+    UseMarks,
     auto_capacity_bytes,
     open_tier_dir,
     remove_quietly,
     scan_chunk_dir,
-    set_mtimes,
     unlink_each,
 )
 from atom_tier.tiers.tier_stats import TierCounters, WriteReport, fault_kind
 
 logger = get_logger(__name__)
-_T = TypeVar("_T")
-# Reads mark chunks used by setting their mtime (the LRU order after a restart), batched:
-# a metadata write per read halved small-chunk read throughput here.
-USE_FLUSH_DELAY_S = 2.0
+_I = TypeVar("_I")
+_O = TypeVar("_O")
+_R = TypeVar("_R")
+# A claim waits at most this long for deletions in flight (run by other groups); after that
+# the chunk is not written (counted as rejected) rather than holding an I/O thread.
+CLAIM_WAIT_S = 1.0
+# Per planned chunk: None (written), the OSError that stopped it, or False (no room).
+_WriteOutcome = Exception | bool | None
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,16 @@ class _Plan:
     victims: list[Victim]
     temp: str
     final: str
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A chunk read: its position in the caller's list, and a pin held on it."""
+
+    position: int
+    key: bytes
+    digest: str
+    out: memoryview
 
 
 class NvmeChunkStore:
@@ -83,6 +101,7 @@ class NvmeChunkStore:
         auto_share: float = 1.0,
     ) -> None:
         self.root = Path(root)
+        self._root_str = str(self.root)
         self._auto_share = auto_share  # of the automatic cap (stores sharing a filesystem)
         self.namespace = namespace
         self._requested_capacity = capacity_bytes
@@ -93,45 +112,41 @@ class NvmeChunkStore:
         self.unavailable_reason = ""
         self._ready = threading.Event()
         self._started = threading.Event()
+        self._closed = False
         self._rebuild = (0.0, 0)
         self._lock_fd: int | None = None
         self._seq = itertools.count()
         self._inflight: set[Future[Any]] = set()
         self._inflight_lock = threading.Lock()
-        self._space = asyncio.Condition()  # notified whenever a chunk file is deleted
-        self._used_paths: set[str] = set()  # loop-owned, see USE_FLUSH_DELAY_S
-        self._use_flush: asyncio.TimerHandle | None = None
+        self._space = threading.Condition()  # notified whenever a chunk file is deleted
+        self._uses = UseMarks()
         self._executor = ThreadPoolExecutor(io_threads, thread_name_prefix="atom_tier_nvme")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="atom_tier_nvme_loop", daemon=True
+        self._start_thread = threading.Thread(
+            target=self._start, name="atom_tier_nvme_start", daemon=True
         )
-        self._thread.start()
-        self._track(self._start())
+        self._start_thread.start()
 
     # -- start-up ------------------------------------------------------------------------
-    async def _start(self) -> None:
+    def _start(self) -> None:
         try:
-            await self._start_up()
+            self._start_up()
         except Exception as exc:  # the server keeps running without this tier
             self.unavailable_reason = str(exc)
             logger.error("NVMe tier at %s is unavailable: %s", self.root, exc)
         finally:
             self._started.set()
 
-    async def _start_up(self) -> None:
-        self._lock_fd = await self._run(open_tier_dir, self.root)
-        self.engine = await make_engine(
-            self._loop, self._executor, str(self.root), self._engine_kind
-        )
-        scan = await self._run(scan_chunk_dir, self.root)
+    def _start_up(self) -> None:
+        self._lock_fd = open_tier_dir(self.root)
+        self.engine = make_engine(str(self.root), self._engine_kind)
+        scan = scan_chunk_dir(self.root)
         for _mtime_ns, digest, size in scan.chunks:
             self.index.add_existing(digest, size)
         capacity = self._requested_capacity
         if capacity is None:
-            auto = await self._run(auto_capacity_bytes, self.root, scan.total_bytes)
+            auto = auto_capacity_bytes(self.root, scan.total_bytes)
             capacity = int(auto * self._auto_share) // 4096 * 4096
-        await self._delete(self.index.set_capacity(capacity))
+        self._unlink(self.index.set_capacity(capacity))
         self.counters.add("temp_files_removed", scan.temp_removed)
         self.counters.add_many(
             {"corrupt_dropped": scan.truncated_removed, "corrupt_truncated": scan.truncated_removed}
@@ -196,16 +211,19 @@ class NvmeChunkStore:
             final = self._path(digest)
             temp = f"{final}.{os.getpid()}.{next(self._seq)}{TEMP_SUFFIX}"
             plans.append(_Plan(key, digest, payload, victims, temp, final))
-        return self._track(self._write_job(plans, report))
+        finish = functools.partial(self._finish_writes, report, time.monotonic())
+        return self._submit(plans, lambda plan: plan.payload.nbytes, self._write_group, finish)
 
     def submit_reads(self, items: Sequence[tuple[bytes, memoryview]]) -> Future[list[bool]]:
         """Read chunks into the given buffers; per chunk True when it verified."""
         wanted = []
-        for key, out in items:
+        for position, (key, out) in enumerate(items):
             digest = self.digest(key)
-            pinned = self._ready.is_set() and self.index.pin(digest)
-            wanted.append((key, digest, out, pinned))
-        return self._track(self._read_job(wanted))
+            if self._ready.is_set() and self.index.pin(digest):
+                wanted.append(_Wanted(position, key, digest, out))
+        self.counters.add("read_failures", len(items) - len(wanted))
+        finish = functools.partial(self._finish_reads, len(items), time.monotonic())
+        return self._submit(wanted, lambda chunk: chunk.out.nbytes, self._read_group, finish)
 
     # -- blocking helpers (tests, benchmarks) ---------------------------------------------
     def write(self, key: bytes, payload: memoryview | bytes) -> WriteReport:
@@ -242,14 +260,13 @@ class NvmeChunkStore:
 
     def close(self) -> None:
         """Finish in-flight I/O and release the directory; safe to call twice."""
-        if self._loop.is_closed():
+        if self._closed:
             return
+        self._closed = True
         self._started.wait()
+        self._start_thread.join()
         self.drain()
-        asyncio.run_coroutine_threadsafe(self._flush_uses(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._uses.close()
         self._executor.shutdown(wait=True)
         if self.engine is not None:
             self.engine.close()
@@ -257,112 +274,127 @@ class NvmeChunkStore:
             os.close(self._lock_fd)  # also releases the flock
             self._lock_fd = None
 
-    # -- I/O on the loop -----------------------------------------------------------------
-    def _track(self, coro: Coroutine[Any, Any, _T]) -> Future[_T]:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+    # -- jobs on the I/O threads ---------------------------------------------------------
+    def _submit(
+        self,
+        items: list[_I],
+        nbytes: Callable[[_I], int],
+        run_group: Callable[[list[_I]], list[_O]],
+        finish: Callable[[list[_O]], _R],
+    ) -> Future[_R]:
+        future = submit_job(self._executor, items, nbytes, run_group, finish)
         with self._inflight_lock:
             self._inflight.add(future)
-        future.add_done_callback(self._untrack)
+        future.add_done_callback(self._untrack)  # at once when already done
         return future
 
     def _untrack(self, future: Future[Any]) -> None:
         with self._inflight_lock:
             self._inflight.discard(future)
 
-    def _run(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
-        return self._loop.run_in_executor(self._executor, fn, *args)
-
     def _path(self, digest: str) -> str:
-        return str(self.root / chunk_relpath(digest))
+        # String joins, not pathlib: this runs twice per chunk on the I/O hot path.
+        return f"{self._root_str}/{chunk_relpath(digest)}"
 
-    async def _delete(self, victims: list[Victim], evicted: bool = True) -> None:
-        if evicted and victims:
+    def _unlink(self, victims: list[Victim], evicted: bool = True) -> None:
+        """Delete the files of chunks taken out of the index (on the calling thread)."""
+        if not victims:
+            return
+        if evicted:
             self.counters.add_many(
                 {"evictions": len(victims), "evicted_bytes": sum(v.size for v in victims)}
             )
-        if not victims:
-            return
-        errors = await self._run(unlink_each, [self._path(v.digest) for v in victims])
+        errors = unlink_each([self._path(v.digest) for v in victims])
         for victim, error in zip(victims, errors, strict=True):
             if error is None or isinstance(error, FileNotFoundError):
                 self.index.deleted(victim)
             else:  # the file may still be there: its bytes stay counted against the cap
                 self.index.delete_failed(victim)
                 self.counters.fault("delete", error, fault_kind(error, self.root.is_dir()))
-        async with self._space:
+        with self._space:
             self._space.notify_all()
 
-    async def _claim(self, digest: str) -> bool:
-        """Wait until the chunk fits on disk next to everything there (see ``index``)."""
-        async with self._space:
+    def _claim(self, digest: str) -> bool:
+        """Wait (bounded) until the chunk fits on disk next to everything there (``index``)."""
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        with self._space:
             while not self.index.claim(digest):
-                if self.index.pending_deletes == 0:
-                    return False  # only undeletable files stand in the way
-                await self._space.wait()
+                left = deadline - time.monotonic()
+                if self.index.pending_deletes == 0 or left <= 0:
+                    return False  # only undeletable files (or a stuck deletion) stand in the way
+                self._space.wait(left)
         return True
 
-    async def _write_job(self, plans: list[_Plan], report: WriteReport) -> WriteReport:
-        assert self.engine is not None or not plans
-        await self._delete([victim for plan in plans for victim in plan.victims])
+    def _write_group(self, plans: list[_Plan]) -> list[tuple[_Plan, _WriteOutcome]]:
+        """Per plan: None (written), an OSError, or False (no room: not written)."""
+        self._unlink([victim for plan in plans for victim in plan.victims])
+        outcomes: list[tuple[_Plan, _WriteOutcome]] = []
         ready = []
         for plan in plans:
-            if await self._claim(plan.digest):
+            if self._claim(plan.digest):
                 ready.append(plan)
             else:
                 self.index.abort(plan.digest)
-                report.rejected += 1
-                self.counters.add("stores_rejected")
-        if not ready or self.engine is None:
-            return report
-        start = time.monotonic()
-        errors = await self.engine.write_chunks(
+                outcomes.append((plan, False))
+        if not ready:
+            return outcomes
+        assert self.engine is not None  # plans exist only once the tier is ready
+        errors = self.engine.write_chunks(
             [(p.temp, p.final, self.namespace, p.key, p.payload) for p in ready]
         )
-        report.seconds += time.monotonic() - start
-        failed = [(plan, e) for plan, e in zip(ready, errors, strict=True) if e is not None]
+        failed = [plan.temp for plan, e in zip(ready, errors, strict=True) if e is not None]
         if failed:
-            await self._run(remove_quietly, [plan.temp for plan, _ in failed])
+            remove_quietly(failed)
         for plan, error in zip(ready, errors, strict=True):
             if error is None:
                 self.index.publish(plan.digest)
-                report.written += 1
-                report.written_bytes += plan.payload.nbytes
             else:
                 self.index.abort(plan.digest)  # after the unlink: its bytes count until gone
+            outcomes.append((plan, error))
+        return outcomes
+
+    def _finish_writes(
+        self,
+        report: WriteReport,
+        started: float,
+        outcomes: list[tuple[_Plan, _WriteOutcome]],
+    ) -> WriteReport:
+        fault: OSError | None = None
+        for plan, outcome in outcomes:
+            if outcome is None:
+                report.written += 1
+                report.written_bytes += plan.payload.nbytes
+            elif outcome is False:
+                report.rejected += 1
+                self.counters.add("stores_rejected")
+            else:
                 report.failed += 1
+                if fault is None and isinstance(outcome, OSError):
+                    fault = outcome
+        if report.written or report.failed:
+            report.seconds += time.monotonic() - started
         self.counters.add_many(report.counter_increments())
-        if failed:
-            exc = failed[0][1]
-            assert isinstance(exc, OSError)
-            self.counters.fault("write", exc, fault_kind(exc, self.root.is_dir()))
+        if fault is not None:
+            self.counters.fault("write", fault, fault_kind(fault, self.root.is_dir()))
         elif report.written:
             self.counters.write_succeeded()
         return report
 
-    async def _read_job(self, wanted: list[tuple[bytes, str, memoryview, bool]]) -> list[bool]:
-        results = [False] * len(wanted)
-        todo = [i for i, (_k, _d, _o, pinned) in enumerate(wanted) if pinned]
-        self.counters.add("read_failures", len(wanted) - len(todo))
-        if not todo:
-            return results
-        assert self.engine is not None
-        start = time.monotonic()
-        picked = [wanted[i] for i in todo]
+    def _read_group(self, chunks: list[_Wanted]) -> list[tuple[_Wanted, bool]]:
+        assert self.engine is not None  # pins exist only once the tier is ready
         try:
-            items = [(self._path(d), self.namespace, k, o) for k, d, o, _p in picked]
-            errors = await self.engine.read_chunks(items)
+            errors = self.engine.read_chunks(
+                [(self._path(c.digest), self.namespace, c.key, c.out) for c in chunks]
+            )
         finally:
-            for _key, digest, _out, _pinned in picked:
-                self.index.unpin(digest)
-        loaded = 0
-        for i, error in zip(todo, errors, strict=True):
-            _key, digest, out, _pinned = wanted[i]
-            path = self._path(digest)
+            for chunk in chunks:
+                self.index.unpin(chunk.digest)
+        outcomes = []
+        for chunk, error in zip(chunks, errors, strict=True):
+            outcomes.append((chunk, error is None))
             if error is None:
-                results[i] = True
-                loaded += out.nbytes
-                self._used_paths.add(path)
                 continue
+            path = self._path(chunk.digest)
             if isinstance(error, ChunkFormatError):
                 self.counters.corrupt(error.kind)
                 logger.warning("NVMe tier: dropped chunk %s (%s)", path, error)
@@ -371,26 +403,31 @@ class NvmeChunkStore:
             else:
                 assert isinstance(error, OSError)
                 self.counters.fault("read", error, fault_kind(error, self.root.is_dir()))
-            await self._drop(digest)
-        self.counters.add_many(
-            {"reads": sum(results), "read_bytes": loaded, "read_seconds": time.monotonic() - start}
-        )
-        if self._used_paths and self._use_flush is None:
-            self._use_flush = self._loop.call_later(
-                USE_FLUSH_DELAY_S, lambda: self._track(self._flush_uses())
+            self.counters.add("read_failures")
+            victim = self.index.remove(chunk.digest)
+            if victim is not None:
+                self._unlink([victim], evicted=False)
+        return outcomes
+
+    def _finish_reads(
+        self, count: int, started: float, outcomes: list[tuple[_Wanted, bool]]
+    ) -> list[bool]:
+        results = [False] * count
+        loaded = 0
+        used = []
+        for chunk, ok in outcomes:
+            if ok:
+                results[chunk.position] = True
+                loaded += chunk.out.nbytes
+                used.append(self._path(chunk.digest))
+        if outcomes:
+            self.counters.add_many(
+                {
+                    "reads": len(used),
+                    "read_bytes": loaded,
+                    "read_seconds": time.monotonic() - started,
+                }
             )
+        if used:
+            self._uses.add(used)
         return results
-
-    async def _flush_uses(self) -> None:
-        if self._use_flush is not None:
-            self._use_flush.cancel()
-            self._use_flush = None
-        paths, self._used_paths = self._used_paths, set()
-        if paths:
-            await self._run(set_mtimes, paths)
-
-    async def _drop(self, digest: str) -> None:
-        self.counters.add("read_failures")
-        victim = self.index.remove(digest)
-        if victim is not None:
-            await self._delete([victim], evicted=False)

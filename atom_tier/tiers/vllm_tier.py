@@ -3,7 +3,7 @@
 vLLM builds secondary tiers from ``secondary_tiers: [{"type": ..., "module_path": ...}]``;
 ``atom_tier.tiers.nvme_secondary_tier_config`` produces this tier's entry (no registration
 needed: the factory imports ``type`` from ``module_path``). All calls arrive on the scheduler
-thread and stay non-blocking: they touch the store's in-memory index and hand I/O to its loop.
+thread and stay non-blocking: they touch the store's in-memory index and hand I/O to its threads.
 
 Demotion is vLLM's cascade: a chunk is written when it is stored into the DRAM tier
 (write-on-store), not when DRAM evicts it. The contract leaves no other choice without a

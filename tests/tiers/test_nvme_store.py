@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from atom_tier.tiers import nvme_store
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from atom_tier.tiers.rebuild import GIB, auto_capacity, auto_capacity_bytes
@@ -220,6 +221,41 @@ def test_a_corrupt_chunk_is_a_miss_removed_and_counted(
     assert stats["faults"] == 0 and stats["write_disabled"] == 0
     assert stats["usage_bytes"] == disk_usage(tmp_path)
     assert _read_back(store, b"other") == payload_for(b"other", CHUNK)
+
+
+def test_a_rewrite_waiting_on_a_stuck_unlink_is_rejected_not_hung(
+    tmp_path: Path, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt chunk's file is being unlinked (held here) when the same key is stored again:
+    the new file must not be renamed into place before that unlink (it would remove it), and
+    the write waits only CLAIM_WAIT_S for it, then counts as rejected instead of holding an
+    I/O thread. Once the unlink is done, the key is written and read back."""
+    monkeypatch.setattr(nvme_store, "CLAIM_WAIT_S", 0.3)
+    release = threading.Event()
+    real_unlink_each = nvme_store.unlink_each
+
+    def held_unlink_each(paths: list[str]) -> list[OSError | None]:
+        assert release.wait(30), "the test never released the unlink"
+        return real_unlink_each(paths)
+
+    store = make_store(tmp_path, 10 * file_size_for(CHUNK), io_threads=2)
+    key = b"rewritten"
+    store.write(key, payload_for(key, CHUNK))
+    _flip_payload(_path(store, key))
+    monkeypatch.setattr(nvme_store, "unlink_each", held_unlink_each)
+    read = store.submit_reads([(key, memoryview(bytearray(CHUNK)))])
+    deadline = time.monotonic() + 30
+    while store.lookup(key) and time.monotonic() < deadline:  # the drop has begun
+        time.sleep(0.01)
+    started = time.monotonic()
+    report = store.write(key, payload_for(key, CHUNK))
+    assert report.rejected == 1 and not report.ok
+    assert time.monotonic() - started < 10
+    release.set()
+    assert read.result(30) == [False]
+    assert store.write(key, payload_for(key, CHUNK)).written == 1
+    assert _read_back(store, key) == payload_for(key, CHUNK)
+    assert store.stats()["usage_bytes"] == disk_usage(tmp_path)
 
 
 def test_corruption_while_down_is_caught_at_restart(
