@@ -99,6 +99,37 @@ def test_eio_on_read_is_a_miss_simulated(
     assert not store.lookup(b"k")  # not offered again: no retry loop on a bad sector
 
 
+def test_eio_through_caio_stops_writes_and_misses_reads_simulated(
+    tmp_path: Path, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffered engine: caio reports I/O errors as SystemError (faked here at the batch
+    the engine hands its loop). Writes stop, reads miss, nothing half-written is left."""
+    from atom_tier.tiers import aiofile_engine
+
+    store = make_store(tmp_path, 64 * 2**20, engine="aiofile")
+    store.write(b"before", payload_for(b"before", CHUNK))
+    store.write(b"k", payload_for(b"k", CHUNK))
+
+    async def failing_writes(self: object, files: list[object]) -> list[SystemError]:
+        return [SystemError(errno.EIO, "Input/output error (injected)") for _ in files]
+
+    async def failing_reads(self: object, files: list[object], sizes: list[int]) -> list[object]:
+        return [SystemError("Input/output error") for _ in files]  # strerror only, as caio can
+
+    monkeypatch.setattr(aiofile_engine.AiofileEngine, "_write_all", failing_writes)
+    report = store.write(b"during", payload_for(b"during", CHUNK))
+    assert report.failed == 1 and not report.ok
+    assert store.stats()["fault_eio"] == 1 and store.stats()["write_disabled"] == 1
+    assert not store.lookup(b"during") and not list(tmp_path.glob("??/*.tmp"))
+    monkeypatch.setattr(aiofile_engine.AiofileEngine, "_read_all", failing_reads)
+    assert _read_back(store, b"k") is None
+    stats = store.stats()
+    assert stats["fault_eio"] == 2 and stats["read_failures"] == 1 and not store.lookup(b"k")
+    monkeypatch.undo()
+    assert _read_back(store, b"before") == payload_for(b"before", CHUNK)
+    assert store.stats()["usage_bytes"] == disk_usage(tmp_path)
+
+
 @pytest.mark.parametrize("engine", engines())
 def test_directory_removed_while_running(
     tmp_path: Path, make_store: StoreFactory, engine: str
@@ -120,10 +151,11 @@ def test_directory_removed_while_running(
     assert _read_back(store, b"b") is None and store.stats()["usage_bytes"] == 0
 
 
+@pytest.mark.parametrize("engine", engines())
 def test_file_deleted_between_lookup_and_load_is_a_plain_miss(
-    tmp_path: Path, make_store: StoreFactory
+    tmp_path: Path, make_store: StoreFactory, engine: str
 ) -> None:
-    store = make_store(tmp_path, 64 * 2**20)
+    store = make_store(tmp_path, 64 * 2**20, engine=engine)
     store.write(b"k", payload_for(b"k", CHUNK))
     assert store.lookup(b"k")
     (tmp_path / chunk_relpath(store.digest(b"k"))).unlink()
