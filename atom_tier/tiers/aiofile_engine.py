@@ -31,8 +31,11 @@ _T = TypeVar("_T")
 _ERRNO_BY_MESSAGE = {os.strerror(code): code for code in errno.errorcode}
 
 
-def caio_error(exc: SystemError, path: str) -> OSError:
-    """caio reports I/O errors as SystemError (errno first, or only strerror's text)."""
+def caio_error(exc: Exception, path: str) -> OSError:
+    """caio reports I/O errors as SystemError (errno first, or only strerror's text); aiofile
+    adds OSError and RuntimeError ("returned 0") of its own."""
+    if isinstance(exc, OSError):
+        return exc
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
     if code is None:
         code = _ERRNO_BY_MESSAGE.get(str(exc), errno.EIO)
@@ -83,9 +86,12 @@ class AiofileEngine(ChunkEngine):
                 opened.append((i, open(temp, "xb", buffering=0), data))
             except OSError as exc:
                 outcomes[i] = exc
-        errors = self._loop_thread.run(self._write_all([(fp, data) for _i, fp, data in opened]))
-        for (i, fp, _data), error in zip(opened, errors, strict=True):
-            fp.close()
+        try:
+            errors = self._loop_thread.run(self._write_all([(fp, d) for _i, fp, d in opened]))
+        finally:
+            for _i, fp, _data in opened:
+                fp.close()
+        for (i, _fp, _data), error in zip(opened, errors, strict=True):
             temp, final = items[i][0], items[i][1]
             try:
                 if error is not None:
@@ -104,12 +110,15 @@ class AiofileEngine(ChunkEngine):
             except OSError as exc:
                 outcomes[i] = exc
         sizes = [HEADER_BLOCK + items[i][3].nbytes for i, _fp in opened]
-        done = self._loop_thread.run(self._read_all([fp for _i, fp in opened], sizes))
-        for (i, fp), result in zip(opened, done, strict=True):
-            fp.close()
+        try:
+            done = self._loop_thread.run(self._read_all([fp for _i, fp in opened], sizes))
+        finally:
+            for _i, fp in opened:
+                fp.close()
+        for (i, _fp), result in zip(opened, done, strict=True):
             path, namespace, key, out = items[i]
             try:
-                if isinstance(result, SystemError):
+                if isinstance(result, Exception):
                     raise caio_error(result, path)
                 body = out.cast("B")
                 payload_read = max(0, len(result) - HEADER_BLOCK)
@@ -121,25 +130,27 @@ class AiofileEngine(ChunkEngine):
                 outcomes[i] = exc
         return outcomes
 
-    async def _write_all(self, files: list[tuple[BinaryIO, bytes]]) -> list[SystemError | None]:
+    # Per file the bytes (or None for a write) or the exception, so one file's error never
+    # costs the group's other files their outcome.
+    async def _write_all(self, files: list[tuple[BinaryIO, bytes]]) -> list[Exception | None]:
         from aiofile import AIOFile
 
-        async def one(fp: BinaryIO, data: bytes) -> SystemError | None:
+        async def one(fp: BinaryIO, data: bytes) -> Exception | None:
             try:
                 await AIOFile.from_fp(fp, context=self.context).write(data, 0)
-            except SystemError as exc:
+            except Exception as exc:
                 return exc
             return None
 
         return list(await asyncio.gather(*(one(fp, data) for fp, data in files)))
 
-    async def _read_all(self, files: list[BinaryIO], sizes: list[int]) -> list[bytes | SystemError]:
+    async def _read_all(self, files: list[BinaryIO], sizes: list[int]) -> list[bytes | Exception]:
         from aiofile import AIOFile
 
-        async def one(fp: BinaryIO, size: int) -> bytes | SystemError:
+        async def one(fp: BinaryIO, size: int) -> bytes | Exception:
             try:
                 return bytes(await AIOFile.from_fp(fp, context=self.context).read_bytes(size, 0))
-            except SystemError as exc:
+            except Exception as exc:
                 return exc
 
         return list(await asyncio.gather(*(one(fp, n) for fp, n in zip(files, sizes, strict=True))))

@@ -37,33 +37,46 @@ def group_items(items: Sequence[_I], nbytes: Callable[[_I], int]) -> list[list[_
 
 
 class _Job(Generic[_O, _R]):
-    """Collects the outcomes of a job's groups; the last group to finish completes it."""
+    """Collects the outcomes of a job's groups; the last group to finish completes it.
+
+    Never earlier, even when a group failed: until every group is done, other groups may
+    still be reading into or writing from the caller's buffers, which the caller frees
+    (hands to other requests) as soon as the job completes.
+    """
 
     def __init__(self, groups: int, finish: Callable[[list[_O]], _R], future: Future[_R]) -> None:
         self._lock = threading.Lock()
         self._left = groups
         self._parts: list[list[_O]] = [[] for _ in range(groups)]
+        self._error: BaseException | None = None
         self._finish = finish
         self._future = future
 
     def group_done(self, index: int, task: Future[list[_O]]) -> None:
         error = task.exception()
+        self._settle(index, None if error is not None else task.result(), error)
+
+    def group_not_run(self, error: BaseException) -> None:
+        self._settle(-1, None, error)
+
+    def _settle(self, index: int, outcomes: list[_O] | None, error: BaseException | None) -> None:
         with self._lock:
-            if error is None:
-                self._parts[index] = task.result()
+            if outcomes is not None:
+                self._parts[index] = outcomes
+            if error is not None and self._error is None:
+                self._error = error  # never expected: groups report I/O errors as outcomes
             self._left -= 1
-            last = self._left == 0
-        if error is not None:  # never expected: groups report I/O errors, not raise them
-            if not self._future.done():
-                self._future.set_exception(error)
+            if self._left:
+                return
+        if self._error is not None:
+            self._future.set_exception(self._error)
             return
-        if last and not self._future.done():
-            try:
-                result = self._finish([o for part in self._parts for o in part])
-            except Exception as exc:
-                self._future.set_exception(exc)
-            else:
-                self._future.set_result(result)
+        try:
+            result = self._finish([o for part in self._parts for o in part])
+        except Exception as exc:
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(result)
 
 
 def submit_job(
@@ -74,7 +87,8 @@ def submit_job(
     finish: Callable[[list[_O]], _R],
 ) -> Future[_R]:
     """Run ``run_group`` on each group of ``items``; the future gets ``finish`` of all their
-    outcomes, in item order (at once when there are no items)."""
+    outcomes, in item order (at once when there are no items), or the first exception a
+    group raised, once every group has ended."""
     future: Future[_R] = Future()
     groups = group_items(items, nbytes)
     if not groups:
@@ -82,7 +96,11 @@ def submit_job(
         return future
     job = _Job(len(groups), finish, future)
     for index, group in enumerate(groups):
-        executor.submit(run_group, group).add_done_callback(
-            functools.partial(job.group_done, index)
-        )
+        try:
+            task = executor.submit(run_group, group)
+        except RuntimeError as exc:  # the executor shut down: the rest never runs
+            for _ in range(len(groups) - index):
+                job.group_not_run(exc)
+            break
+        task.add_done_callback(functools.partial(job.group_done, index))
     return future

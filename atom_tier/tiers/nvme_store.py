@@ -56,8 +56,9 @@ logger = get_logger(__name__)
 _I = TypeVar("_I")
 _O = TypeVar("_O")
 _R = TypeVar("_R")
-# A claim waits at most this long for deletions in flight (run by other groups); after that
-# the chunk is not written (counted as rejected) rather than holding an I/O thread.
+# A group's claims wait at most this long in all for deletions in flight (run by other
+# groups); after that a chunk is not written (counted as rejected) rather than holding an I/O
+# thread.
 CLAIM_WAIT_S = 1.0
 # Per planned chunk: None (written), the OSError that stopped it, or False (no room).
 _WriteOutcome = Exception | bool | None
@@ -113,6 +114,7 @@ class NvmeChunkStore:
         self._ready = threading.Event()
         self._started = threading.Event()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._rebuild = (0.0, 0)
         self._lock_fd: int | None = None
         self._seq = itertools.count()
@@ -260,9 +262,10 @@ class NvmeChunkStore:
 
     def close(self) -> None:
         """Finish in-flight I/O and release the directory; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._started.wait()
         self._start_thread.join()
         self.drain()
@@ -310,13 +313,20 @@ class NvmeChunkStore:
                 self.index.deleted(victim)
             else:  # the file may still be there: its bytes stay counted against the cap
                 self.index.delete_failed(victim)
-                self.counters.fault("delete", error, fault_kind(error, self.root.is_dir()))
+                self.counters.fault("delete", error, fault_kind(error, self._root_exists()))
         with self._space:
             self._space.notify_all()
 
-    def _claim(self, digest: str) -> bool:
-        """Wait (bounded) until the chunk fits on disk next to everything there (``index``)."""
-        deadline = time.monotonic() + CLAIM_WAIT_S
+    def _root_exists(self) -> bool:
+        """Whether the tier's directory is still there. A stat that fails otherwise (EIO,
+        ESTALE on NFS) counts as there: the fault is then classified by its own errno."""
+        try:
+            return self.root.is_dir()
+        except OSError:
+            return True
+
+    def _claim(self, digest: str, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the chunk to fit on disk next to everything there."""
         with self._space:
             while not self.index.claim(digest):
                 left = deadline - time.monotonic()
@@ -327,17 +337,30 @@ class NvmeChunkStore:
 
     def _write_group(self, plans: list[_Plan]) -> list[tuple[_Plan, _WriteOutcome]]:
         """Per plan: None (written), an OSError, or False (no room: not written)."""
-        self._unlink([victim for plan in plans for victim in plan.victims])
         outcomes: list[tuple[_Plan, _WriteOutcome]] = []
+        try:
+            self._write_plans(plans, outcomes)
+        except BaseException:  # never expected; leave no reservation or temp file behind
+            settled = {plan.digest for plan, _outcome in outcomes}
+            unsettled = [plan for plan in plans if plan.digest not in settled]
+            remove_quietly([plan.temp for plan in unsettled])
+            for plan in unsettled:
+                self.index.abort(plan.digest)
+            raise
+        return outcomes
+
+    def _write_plans(self, plans: list[_Plan], outcomes: list[tuple[_Plan, _WriteOutcome]]) -> None:
+        self._unlink([victim for plan in plans for victim in plan.victims])
+        deadline = time.monotonic() + CLAIM_WAIT_S  # for the whole group
         ready = []
         for plan in plans:
-            if self._claim(plan.digest):
+            if self._claim(plan.digest, deadline):
                 ready.append(plan)
             else:
                 self.index.abort(plan.digest)
                 outcomes.append((plan, False))
         if not ready:
-            return outcomes
+            return
         assert self.engine is not None  # plans exist only once the tier is ready
         errors = self.engine.write_chunks(
             [(p.temp, p.final, self.namespace, p.key, p.payload) for p in ready]
@@ -351,7 +374,6 @@ class NvmeChunkStore:
             else:
                 self.index.abort(plan.digest)  # after the unlink: its bytes count until gone
             outcomes.append((plan, error))
-        return outcomes
 
     def _finish_writes(
         self,
@@ -375,7 +397,7 @@ class NvmeChunkStore:
             report.seconds += time.monotonic() - started
         self.counters.add_many(report.counter_increments())
         if fault is not None:
-            self.counters.fault("write", fault, fault_kind(fault, self.root.is_dir()))
+            self.counters.fault("write", fault, fault_kind(fault, self._root_exists()))
         elif report.written:
             self.counters.write_succeeded()
         return report
@@ -398,11 +420,11 @@ class NvmeChunkStore:
             if isinstance(error, ChunkFormatError):
                 self.counters.corrupt(error.kind)
                 logger.warning("NVMe tier: dropped chunk %s (%s)", path, error)
-            elif isinstance(error, FileNotFoundError) and self.root.is_dir():
+            elif isinstance(error, FileNotFoundError) and self._root_exists():
                 self.counters.add("vanished")  # deleted behind our back: a plain miss
             else:
                 assert isinstance(error, OSError)
-                self.counters.fault("read", error, fault_kind(error, self.root.is_dir()))
+                self.counters.fault("read", error, fault_kind(error, self._root_exists()))
             self.counters.add("read_failures")
             victim = self.index.remove(chunk.digest)
             if victim is not None:

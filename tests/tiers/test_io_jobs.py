@@ -50,3 +50,34 @@ def test_an_empty_job_is_done_at_once_and_a_raising_group_fails_the_job() -> Non
         failed = io_jobs.submit_job(pool, [1, 2], lambda _: 1, broken, lambda o: o)
         with pytest.raises(RuntimeError, match="group failed"):
             failed.result(10)
+
+
+def test_a_failed_group_completes_the_job_only_after_every_other_group_ended() -> None:
+    """Other groups may still be filling the caller's buffers: the job must not end before."""
+    release = threading.Event()
+
+    def run_group(items: list[int]) -> list[int]:
+        if items[0] == 0:
+            raise OSError("first group failed")
+        assert release.wait(10)
+        if items[0] == 2:
+            raise OSError("second failure")
+        return items
+
+    with ThreadPoolExecutor(4) as pool:
+        future = io_jobs.submit_job(
+            pool, [0, 1, 2, 3], lambda _: io_jobs.GROUP_BYTES, run_group, lambda o: o
+        )
+        time.sleep(0.2)
+        assert not future.done()
+        release.set()
+        with pytest.raises(OSError, match="first group failed"):
+            future.result(10)
+
+
+def test_a_job_submitted_to_a_closed_pool_fails_instead_of_hanging() -> None:
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    future = io_jobs.submit_job(pool, [1, 2], lambda _: 1, lambda g: g, lambda o: o)
+    with pytest.raises(RuntimeError):
+        future.result(1)

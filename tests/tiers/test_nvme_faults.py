@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from atom_tier.tiers import aio
+from atom_tier.tiers import aio, nvme_store
 from atom_tier.tiers.chunk_format import chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from tests.tiers.conftest import StoreFactory, disk_usage, engines, payload_for
@@ -127,6 +127,62 @@ def test_eio_through_caio_stops_writes_and_misses_reads_simulated(
     assert stats["fault_eio"] == 2 and stats["read_failures"] == 1 and not store.lookup(b"k")
     monkeypatch.undo()
     assert _read_back(store, b"before") == payload_for(b"before", CHUNK)
+    assert store.stats()["usage_bytes"] == disk_usage(tmp_path)
+
+
+def test_a_failing_unlink_and_an_unreadable_root_still_end_the_write_cleanly_simulated(
+    tmp_path: Path, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An evicted chunk's unlink fails with EIO while stat of the tier directory fails with
+    ESTALE (an NFS mount going bad; both faked, neither can be produced here). The write
+    must end with a report, the undeletable file stays counted, nothing stays reserved."""
+    store = make_store(tmp_path, 2 * file_size_for(CHUNK))
+    for key in (b"a", b"b"):
+        store.write(key, payload_for(key, CHUNK))
+    real_is_dir = Path.is_dir
+
+    def stale_is_dir(self: Path) -> bool:
+        if self == store.root:
+            raise OSError(errno.ESTALE, "Stale file handle (injected)")
+        return real_is_dir(self)
+
+    def failing_unlink_each(paths: list[str]) -> list[OSError | None]:
+        return [OSError(errno.EIO, "Input/output error (injected)") for _ in paths]
+
+    monkeypatch.setattr(Path, "is_dir", stale_is_dir)
+    monkeypatch.setattr(nvme_store, "unlink_each", failing_unlink_each)
+    report = store.write(b"c", payload_for(b"c", CHUNK))
+    assert report.rejected == 1 and report.written == 0  # "a" could not make room
+    stats = store.stats()
+    assert stats["fault_eio"] == 1 and stats["usage_bytes"] == 2 * file_size_for(CHUNK)
+    assert not store.index.knows(store.digest(b"c")) and store.index.pending_deletes == 0
+    monkeypatch.undo()
+    assert _read_back(store, b"b") == payload_for(b"b", CHUNK)
+
+
+def test_an_aiofile_error_of_its_own_fails_one_chunk_not_the_group_simulated(
+    tmp_path: Path, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiofile raises RuntimeError("Write operation returned 0") when the kernel writes
+    nothing (faked for one file): that chunk fails, its neighbours are written."""
+    from aiofile import AIOFile
+
+    store = make_store(tmp_path, 64 * 2**20, engine="aiofile")
+    real_write = AIOFile.write
+
+    async def flaky_write(self: AIOFile, data: bytes | str, offset: int = 0) -> int:
+        if payload_for(b"bad", CHUNK)[:64] in bytes(data[:8192]):
+            raise RuntimeError("Write operation returned 0")
+        return await real_write(self, data, offset)
+
+    monkeypatch.setattr(AIOFile, "write", flaky_write)
+    keys = [b"good1", b"bad", b"good2"]
+    items = [(k, memoryview(payload_for(k, CHUNK))) for k in keys]
+    report = store.submit_writes(items).result(30)
+    assert report.written == 2 and report.failed == 1
+    assert not list(tmp_path.glob("??/*.tmp")) and not store.lookup(b"bad")
+    monkeypatch.undo()
+    assert _read_back(store, b"good2") == payload_for(b"good2", CHUNK)
     assert store.stats()["usage_bytes"] == disk_usage(tmp_path)
 
 
