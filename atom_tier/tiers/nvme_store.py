@@ -25,7 +25,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +53,6 @@ from atom_tier.tiers.rebuild import (
 from atom_tier.tiers.tier_stats import TierCounters, WriteReport, fault_kind
 
 logger = get_logger(__name__)
-_I = TypeVar("_I")
-_O = TypeVar("_O")
 _R = TypeVar("_R")
 # A group's claims wait at most this long in all for deletions in flight (run by other
 # groups); after that a chunk is not written (counted as rejected) rather than holding an I/O
@@ -214,7 +212,10 @@ class NvmeChunkStore:
             temp = f"{final}.{os.getpid()}.{next(self._seq)}{TEMP_SUFFIX}"
             plans.append(_Plan(key, digest, payload, victims, temp, final))
         finish = functools.partial(self._finish_writes, report, time.monotonic())
-        return self._submit(plans, lambda plan: plan.payload.nbytes, self._write_group, finish)
+        job = submit_job(
+            self._executor, plans, lambda plan: plan.payload.nbytes, self._write_group, finish
+        )
+        return self._track(job)
 
     def submit_reads(self, items: Sequence[tuple[bytes, memoryview]]) -> Future[list[bool]]:
         """Read chunks into the given buffers; per chunk True when it verified."""
@@ -225,7 +226,10 @@ class NvmeChunkStore:
                 wanted.append(_Wanted(position, key, digest, out))
         self.counters.add("read_failures", len(items) - len(wanted))
         finish = functools.partial(self._finish_reads, len(items), time.monotonic())
-        return self._submit(wanted, lambda chunk: chunk.out.nbytes, self._read_group, finish)
+        job = submit_job(
+            self._executor, wanted, lambda chunk: chunk.out.nbytes, self._read_group, finish
+        )
+        return self._track(job)
 
     # -- blocking helpers (tests, benchmarks) ---------------------------------------------
     def write(self, key: bytes, payload: memoryview | bytes) -> WriteReport:
@@ -278,14 +282,8 @@ class NvmeChunkStore:
             self._lock_fd = None
 
     # -- jobs on the I/O threads ---------------------------------------------------------
-    def _submit(
-        self,
-        items: list[_I],
-        nbytes: Callable[[_I], int],
-        run_group: Callable[[list[_I]], list[_O]],
-        finish: Callable[[list[_O]], _R],
-    ) -> Future[_R]:
-        future = submit_job(self._executor, items, nbytes, run_group, finish)
+    def _track(self, future: Future[_R]) -> Future[_R]:
+        """Count a job as in flight until it completes (``drain`` waits for it)."""
         with self._inflight_lock:
             self._inflight.add(future)
         future.add_done_callback(self._untrack)  # at once when already done
@@ -296,7 +294,7 @@ class NvmeChunkStore:
             self._inflight.discard(future)
 
     def _path(self, digest: str) -> str:
-        # String joins, not pathlib: this runs twice per chunk on the I/O hot path.
+        # String joins, not pathlib: this runs for every chunk on the I/O hot path.
         return f"{self._root_str}/{chunk_relpath(digest)}"
 
     def _unlink(self, victims: list[Victim], evicted: bool = True) -> None:
@@ -402,21 +400,22 @@ class NvmeChunkStore:
             self.counters.write_succeeded()
         return report
 
-    def _read_group(self, chunks: list[_Wanted]) -> list[tuple[_Wanted, bool]]:
+    def _read_group(self, chunks: list[_Wanted]) -> list[tuple[_Wanted, str | None]]:
+        """Per chunk its path when it verified, else None (the chunk is dropped here)."""
         assert self.engine is not None  # pins exist only once the tier is ready
+        paths = [self._path(c.digest) for c in chunks]
         try:
             errors = self.engine.read_chunks(
-                [(self._path(c.digest), self.namespace, c.key, c.out) for c in chunks]
+                [(paths[i], self.namespace, c.key, c.out) for i, c in enumerate(chunks)]
             )
         finally:
             for chunk in chunks:
                 self.index.unpin(chunk.digest)
-        outcomes = []
-        for chunk, error in zip(chunks, errors, strict=True):
-            outcomes.append((chunk, error is None))
+        outcomes: list[tuple[_Wanted, str | None]] = []
+        for chunk, path, error in zip(chunks, paths, errors, strict=True):
+            outcomes.append((chunk, path if error is None else None))
             if error is None:
                 continue
-            path = self._path(chunk.digest)
             if isinstance(error, ChunkFormatError):
                 self.counters.corrupt(error.kind)
                 logger.warning("NVMe tier: dropped chunk %s (%s)", path, error)
@@ -432,16 +431,16 @@ class NvmeChunkStore:
         return outcomes
 
     def _finish_reads(
-        self, count: int, started: float, outcomes: list[tuple[_Wanted, bool]]
+        self, count: int, started: float, outcomes: list[tuple[_Wanted, str | None]]
     ) -> list[bool]:
         results = [False] * count
         loaded = 0
         used = []
-        for chunk, ok in outcomes:
-            if ok:
+        for chunk, path in outcomes:
+            if path is not None:
                 results[chunk.position] = True
                 loaded += chunk.out.nbytes
-                used.append(self._path(chunk.digest))
+                used.append(path)
         if outcomes:
             self.counters.add_many(
                 {
