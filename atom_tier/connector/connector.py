@@ -7,7 +7,8 @@ Everything that moves or tracks KV is vLLM's offloading connector with atom-tier
 * the DRAM-size guard, repeated at start-up with the real device KV cache size;
 * one INFO line per request with its hit tokens per tier, shaped like LMCache's line
   (``Reqid: ..., Total tokens N, Inference Engine computed tokens: L, atom-tier hit tokens:
-  H (dram D, nvme V), need to load: H``) so the same log searches work.
+  H (dram D, nvme V), need to load: H``) so the same log searches work. It is written when
+  the request finishes (N counts its prompt tokens), off the path to its first token.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class AtomTierConnector(OffloadingConnector):
         super().__init__(vllm_config, role, kv_cache_config)
         # request id -> tokens vLLM had cached locally at its last lookup (scheduler side).
         self._local_tokens: dict[str, int] = {}
+        # request id -> (prompt tokens, local tokens, hit tokens by source) until it finishes.
+        self._hits: dict[str, tuple[int, int, dict[Any, int]]] = {}
         if role == KVConnectorRole.SCHEDULER:
             logger.info("atom-tier tiered KV cache: %s", describe(extra))
             self._check_dram_size(vllm_config, kv_cache_config, settings)
@@ -105,6 +108,9 @@ class AtomTierConnector(OffloadingConnector):
             logger.info("%s", finding.message)
 
     # -- per-request hit log -------------------------------------------------------------------
+    # The line is written when the request finishes, not when its hits are known: a log write
+    # in the scheduler step delays that step's forward pass, i.e. the request's first token
+    # (~0.1 ms per request inside a 1-CPU server, measured with py-spy, docs/benchmarks.md).
     def get_num_new_matched_tokens(
         self, request: Request, num_computed_tokens: int
     ) -> tuple[int | None, bool]:
@@ -117,25 +123,31 @@ class AtomTierConnector(OffloadingConnector):
     ) -> None:
         super().update_state_after_alloc(request, blocks, num_external_tokens)
         local = self._local_tokens.pop(request.request_id, None)
-        if local is None:
-            return  # resumed after preemption: its line was written at admission
+        if local is None or request.request_id in self._hits:
+            return  # resumed after preemption: the hits of its admission are the ones logged
         by_source = (
             self.get_external_cache_hit_sources(request, num_external_tokens)
             if num_external_tokens
             else {}
         )
-        logger.info("%s", hit_tokens_line(request.request_id, request.num_tokens, local, by_source))
+        self._hits[request.request_id] = (request.num_prompt_tokens, local, dict(by_source))
+
+    def _log_hits(self, request: Request) -> None:
+        self._local_tokens.pop(request.request_id, None)
+        hits = self._hits.pop(request.request_id, None)
+        if hits is not None:
+            logger.info("%s", hit_tokens_line(request.request_id, *hits))
 
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        self._local_tokens.pop(request.request_id, None)
+        self._log_hits(request)
         return super().request_finished(request, block_ids)
 
     def request_finished_all_groups(
         self, request: Request, block_ids: tuple[list[int], ...]
     ) -> tuple[bool, dict[str, Any] | None]:
-        self._local_tokens.pop(request.request_id, None)
+        self._log_hits(request)
         return super().request_finished_all_groups(request, block_ids)
 
     # -- metrics (API server process) --------------------------------------------------------

@@ -18,6 +18,7 @@ reported by the next ``get_finished``.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,86 +35,66 @@ from vllm.v1.kv_offload.base import (
     TransferResult,
 )
 
+from atom_tier.connector.block_runs import transfer_runs
+
+
+def stack_views(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+    """One ``(len(arrays), *shape)`` view over equally shaped arrays spaced evenly in memory.
+
+    vLLM allocates the CPU KV cache of all layers in one piece, and the shared region puts
+    every layer's pages of a chunk in one row, so the per-layer arrays on both sides of a copy
+    sit at a constant distance from each other: viewed as one array, a block run is one copy
+    for all layers instead of one per layer. None when they are not evenly spaced.
+    """
+    first = arrays[0]
+    if any(a.shape != first.shape or a.strides != first.strides or a.dtype != first.dtype
+           for a in arrays):  # fmt: skip
+        return None
+    pointers = [a.__array_interface__["data"][0] for a in arrays]
+    step = pointers[1] - pointers[0] if len(arrays) > 1 else 0
+    if any(b - a != step for a, b in itertools.pairwise(pointers)):
+        return None
+    # Every element of the view is an element of one of the arrays (checked above).
+    return as_strided(first, (len(arrays), *first.shape), (step, *first.strides))
+
 
 @dataclass(frozen=True)
-class GroupSlots:
-    """Where one KV-cache group's blocks go: device block ``i`` <-> DRAM (chunk, sub-block)."""
+class LayerBatch:
+    """Tensors copied together: stacked device ``(L, blocks, page)`` and DRAM
+    ``(L, chunks, blocks_per_chunk, page)`` views, and the bytes of each page to copy."""
 
-    device_blocks: np.ndarray
-    chunks: np.ndarray
-    sub_blocks: np.ndarray
-
-
-def map_blocks(
-    device_spec: GPULoadStoreSpec, chunk_ids: np.ndarray, blocks_per_chunk: int
-) -> list[GroupSlots]:
-    """Pair every device block of a transfer with its DRAM chunk and sub-block, group by group.
-
-    Device block ids are listed group after group (``group_sizes``); ``block_indices[g]`` is the
-    position inside the request of group g's first block, so a transfer that starts in the
-    middle of a chunk skips ``block_indices[g] % blocks_per_chunk`` sub-blocks of its first
-    chunk, and one that ends early leaves the tail of its last chunk untouched.
-    """
-    device_blocks = np.asarray(device_spec.block_ids, dtype=np.int64)
-    chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
-    groups: list[GroupSlots] = []
-    device_offset = 0
-    chunk_offset = 0
-    for size, first_index in zip(device_spec.group_sizes, device_spec.block_indices, strict=True):
-        size = int(size)
-        if size == 0:
-            groups.append(GroupSlots(*(np.empty(0, dtype=np.int64),) * 3))
-            continue
-        skip = int(first_index) % blocks_per_chunk
-        positions = np.arange(skip, skip + size, dtype=np.int64)
-        num_chunks = -(-(skip + size) // blocks_per_chunk)
-        group_chunks = chunk_ids[chunk_offset : chunk_offset + num_chunks]
-        if len(group_chunks) != num_chunks:
-            raise ValueError(
-                f"transfer lists {len(chunk_ids)} DRAM chunks, fewer than its "
-                f"{len(device_spec.group_sizes)} group(s) of device blocks need"
-            )
-        groups.append(
-            GroupSlots(
-                device_blocks=device_blocks[device_offset : device_offset + size],
-                chunks=group_chunks[positions // blocks_per_chunk],
-                sub_blocks=positions % blocks_per_chunk,
-            )
-        )
-        device_offset += size
-        chunk_offset += num_chunks
-    if device_offset != len(device_blocks) or chunk_offset != len(chunk_ids):
-        raise ValueError(
-            f"transfer does not add up: {len(device_blocks)} device blocks and "
-            f"{len(chunk_ids)} DRAM chunks, mapping used {device_offset} and {chunk_offset}"
-        )
-    return groups
+    device: np.ndarray
+    host: np.ndarray
+    nbytes: int
 
 
-def contiguous_runs(device_blocks: np.ndarray, slots: np.ndarray) -> list[tuple[int, int, int]]:
-    """(device start, slot start, length) runs where both sides advance one block at a time.
+def _batch_tensors(
+    tensors: Sequence[tuple[int, int]], device: Sequence[np.ndarray], host: Sequence[np.ndarray]
+) -> list[LayerBatch]:
+    """Greedy: consecutive tensors with the same page bytes that stack on both sides."""
+    batches: list[LayerBatch] = []
+    members: list[int] = []
+    nbytes = 0
 
-    ``slots`` are logical DRAM positions (``chunk * blocks_per_chunk + sub_block``), so a run
-    continues into the next chunk only when that chunk's id is the next one. One copy per run
-    instead of one per block keeps per-call overhead out of the bandwidth.
-    """
-    if len(device_blocks) == 0:
-        return []
-    breaks = (np.diff(device_blocks) != 1) | (np.diff(slots) != 1)
-    starts = np.concatenate(([0], np.flatnonzero(breaks) + 1))
-    ends = np.concatenate((starts[1:], [len(device_blocks)]))
-    return [
-        (int(device_blocks[s]), int(slots[s]), int(e - s))
-        for s, e in zip(starts, ends, strict=True)
-    ]
+    def close() -> None:
+        dev = stack_views([device[i] for i in members])
+        dram = stack_views([host[i] for i in members])
+        assert dev is not None and dram is not None  # members were admitted stackable
+        batches.append(LayerBatch(dev, dram, nbytes))
 
-
-def _blocks(array: np.ndarray, first: int, count: int, per_chunk: int, nbytes: int) -> np.ndarray:
-    """(count // per_chunk, per_chunk, nbytes) view of consecutive device blocks (no copy)."""
-    stride = array.strides[0]
-    return as_strided(
-        array[first:], (count // per_chunk, per_chunk, nbytes), (stride * per_chunk, stride, 1)
-    )
+    for tensor_idx, size in tensors:
+        if members and size == nbytes:
+            grown = [*members, tensor_idx]
+            if (stack_views([device[i] for i in grown]) is not None
+                    and stack_views([host[i] for i in grown]) is not None):  # fmt: skip
+                members = grown
+                continue
+        if members:
+            close()
+        members, nbytes = [tensor_idx], size
+    if members:
+        close()
+    return batches
 
 
 class HostCopyWorker(OffloadingWorker):
@@ -161,32 +142,40 @@ class HostCopyWorker(OffloadingWorker):
                     rows, (rows.shape[0], blocks_per_chunk, page), (rows.strides[0], page, 1)
                 )
             )
-        # Per group: (tensor index, bytes to copy). Layers aliasing one tensor copy it once.
-        self._group_tensors: list[list[tuple[int, int]]] = []
+        # Per group: the batches its layers copy in. Layers aliasing one tensor copy it once.
+        self._group_batches: list[list[LayerBatch]] = []
         for refs in kv_caches.group_data_refs:
             widest: dict[int, int] = {}
             for ref in refs:
                 widest[ref.tensor_idx] = max(widest.get(ref.tensor_idx, 0), ref.page_size_bytes)
-            self._group_tensors.append(sorted(widest.items()))
+            self._group_batches.append(
+                _batch_tensors(sorted(widest.items()), self._device, self._host)
+            )
+        self._num_device_blocks = min(d.shape[0] for d in self._device)
+        self._num_chunks = min(h.shape[0] for h in self._host)
         self._finished: list[TransferResult] = []
         self._release = release
 
     def _copy_run(
-        self, tensor_idx: int, device_first: int, slot: int, length: int, nbytes: int, to_host: bool
+        self, batch: LayerBatch, device_first: int, slot: int, length: int, to_host: bool
     ) -> None:
-        """Copy one run: the rest of its first chunk, whole chunks, the start of its last."""
-        per_chunk = self.blocks_per_chunk
-        device, host = self._device[tensor_idx], self._host[tensor_idx]
+        """Copy one run for all layers of a batch: the rest of its first chunk, whole chunks,
+        the start of its last."""
+        per_chunk, nbytes = self.blocks_per_chunk, batch.nbytes
+        device, host = batch.device, batch.host
         while length:
             chunk, sub = divmod(slot, per_chunk)
             if sub == 0 and length >= per_chunk:
                 count = length - length % per_chunk
-                dev = _blocks(device, device_first, count, per_chunk, nbytes)
-                dram = host[chunk : chunk + count // per_chunk, :, :nbytes]
+                # Splitting the block axis in (chunks, blocks per chunk) is always a view.
+                dev = device[:, device_first : device_first + count, :nbytes].reshape(
+                    device.shape[0], count // per_chunk, per_chunk, nbytes
+                )
+                dram = host[:, chunk : chunk + count // per_chunk, :, :nbytes]
             else:
                 count = min(length, per_chunk - sub)
-                dev = device[device_first : device_first + count, :nbytes]
-                dram = host[chunk, sub : sub + count, :nbytes]
+                dev = device[:, device_first : device_first + count, :nbytes]
+                dram = host[:, chunk, sub : sub + count, :nbytes]
             if to_host:
                 np.copyto(dram, dev)
             else:
@@ -198,20 +187,24 @@ class HostCopyWorker(OffloadingWorker):
     ) -> int:
         if not isinstance(chunk_spec, BlockIDsLoadStoreSpec):
             raise TypeError(f"DRAM side of a transfer must list chunk ids, got {chunk_spec!r}")
-        groups = map_blocks(device_spec, chunk_spec.block_ids, self.blocks_per_chunk)
-        if len(groups) != len(self._group_tensors):
+        groups = transfer_runs(
+            device_spec,
+            chunk_spec.block_ids,
+            self.blocks_per_chunk,
+            self._num_device_blocks,
+            self._num_chunks,
+        )
+        if len(groups) != len(self._group_batches):
             raise ValueError(
-                f"transfer has {len(groups)} KV-cache groups, worker has {len(self._group_tensors)}"
+                f"transfer has {len(groups)} KV-cache groups, worker has {len(self._group_batches)}"
             )
         moved = 0
-        for slots, tensors in zip(groups, self._group_tensors, strict=True):
-            runs = contiguous_runs(
-                slots.device_blocks, slots.chunks * self.blocks_per_chunk + slots.sub_blocks
-            )
-            for tensor_idx, nbytes in tensors:
+        for runs, batches in zip(groups, self._group_batches, strict=True):
+            blocks = sum(length for _, _, length in runs)
+            for batch in batches:
                 for first, slot, length in runs:
-                    self._copy_run(tensor_idx, first, slot, length, nbytes, to_host)
-                moved += len(slots.device_blocks) * nbytes
+                    self._copy_run(batch, first, slot, length, to_host)
+                moved += blocks * batch.nbytes * batch.device.shape[0]
         return moved
 
     def _run(
@@ -254,6 +247,7 @@ class HostCopyWorker(OffloadingWorker):
         self._device.clear()
         # Views into the region must be gone before it unmaps, or the unmap fails.
         self._host.clear()
+        self._group_batches.clear()
         release, self._release = self._release, None
         if release is not None:
             release()

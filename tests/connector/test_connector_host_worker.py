@@ -21,7 +21,8 @@ from vllm.v1.kv_offload.base import (
 )
 from vllm.v1.kv_offload.cpu.common import CPULoadStoreSpec
 
-from atom_tier.connector.host_worker import HostCopyWorker, contiguous_runs, map_blocks
+from atom_tier.connector.block_runs import contiguous_runs, map_blocks
+from atom_tier.connector.host_worker import HostCopyWorker
 from atom_tier.connector.region import AtomTierSharedRegion, region_path
 
 NUM_BLOCKS, HEADS, BLOCK, HEAD_SIZE = 10, 2, 4, 8
@@ -205,6 +206,19 @@ def test_shutdown_releases_the_region(region_two_layers) -> None:
     worker.shutdown()
     assert released == [True]
     assert region_path(engine).exists()  # the fixture's cleanup removes it
+
+
+def test_shutdown_unmaps_the_region_after_copies(region_two_layers) -> None:
+    """No view of the region may outlive shutdown: the unmap fails while one exists."""
+    region, _ = region_two_layers
+    _, layers = cpu_kv_layers(2)
+    views = [region.create_next_worker_view(PAGE * 2) for _ in layers]
+    worker = HostCopyWorker(canonical(layers, [[0, 1]]), views, 2, release=region.cleanup)
+    worker.submit_store(1, gpu_spec([0, 1, 2], [3], [1]), CPULoadStoreSpec([0, 1]))
+    mapping = region.mmap_obj
+    del views
+    worker.shutdown()
+    assert mapping.closed
 
 
 def test_rejects_mismatched_tensors() -> None:
