@@ -1,20 +1,29 @@
 """Overhead of the tiered connector at base load: TTFT with AtomTierConnector on vs off.
 
-Two real CPU vLLM servers on the same model run side by side, one with the connector and one
-without; the same never-repeated prompts (no prefix reuse, no eviction pressure: the connector
-can only cost here) go to both, alternating which server is asked first. TTFT is the time to
-the first streamed token. Prints the machine, per-arm statistics and the ratios.
+Two real CPU vLLM servers on the same model, one with the connector and one without; the same
+never-repeated prompts (no prefix reuse, no eviction pressure: the connector can only cost)
+go to both, alternating which server is asked first. TTFT is the time to the first streamed
+token. Prints the machine, per-arm statistics and the ratios.
 
-Each server is pinned to its own CPU (``taskset`` for all its processes and
-``VLLM_CPU_OMP_THREADS_BIND`` for its OpenMP threads). Unpinned, both servers' OpenMP threads
-spin on the same cores after every forward pass and each server's TTFT picks up the other's
-spinning: hundreds of milliseconds of noise on 2 cores, far larger than what is measured.
-Cores and start order can favour one server, so passes swap the cores (every other pass) and
-which server starts first (passes 3 and 4); the figures pool all passes. Pass-to-pass spread
-is reported too: it is the noise floor of the comparison.
+Layouts (``--layout``):
+
+``shared`` (default) Both servers pinned to the same CPU (``taskset`` for all processes,
+           ``VLLM_CPU_OMP_THREADS_BIND`` for OpenMP threads), the client on the other one.
+           Only the server being timed runs: the other is frozen (SIGSTOP of its process
+           group) and thawed for its own request. Same core, same caches, requests
+           interleaved one by one, so neither core placement nor drift over time can favour
+           an arm. Each request is read to its end and the server is given a moment to finish
+           its post-request work before it is frozen again.
+``split``  Each server pinned to its own CPU, both running; passes swap the cores (every
+           other pass) and the start order (passes 3 and 4). Core placement moved single
+           passes by up to 8 points on this VM.
+
+Unpinned, both servers' OpenMP threads spin on the same cores after every forward pass and
+each server's TTFT picks up the other's spinning: hundreds of milliseconds of noise on 2
+cores, far larger than what is measured.
 
     .venv/bin/python bench/connector_overhead.py [--model tiny|bench] [--prompts 60]
-        [--tokens 600] [--passes 4]
+        [--tokens 600] [--passes 4] [--layout shared|split]
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -105,6 +115,67 @@ def run_pass(
     return times
 
 
+def ttft_and_finish(client: httpx.Client, server: CpuVllmServer, prompt: list[int]) -> float:
+    """TTFT of one request, read to its end (nothing of it is left running afterwards)."""
+    payload = {
+        "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": True,
+    }  # fmt: skip
+    started = time.perf_counter()
+    first: float | None = None
+    with client.stream("POST", server.base_url + "/v1/completions", json=payload) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if first is None and line.startswith("data: ") and '"text"' in line:
+                first = time.perf_counter() - started
+    if first is None:
+        raise RuntimeError("no token streamed")
+    return first
+
+
+def run_pass_shared(
+    model: Path,
+    work: Path,
+    cpu: int,
+    start_order: tuple[str, ...],
+    prompts: list[list[int]],
+    warmup: int,
+    settle: float = 0.05,
+) -> dict[str, list[float]]:
+    """Both servers on ``cpu``; only the one being timed is running (see the module doc)."""
+    env = {"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "1"}
+    servers = {
+        arm: PinnedServer(
+            model, workdir=work, env=env, cpu=cpu, name=f"{arm}-cpu{cpu}",
+            args=["--kv-transfer-config", CONNECTOR] if arm == "on" else [],
+        )
+        for arm in ARMS
+    }  # fmt: skip
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    started: list[PinnedServer] = []
+    try:
+        for arm in start_order:
+            servers[arm].start()
+            started.append(servers[arm])
+            os.killpg(servers[arm].pid, signal.SIGSTOP)
+        with httpx.Client(timeout=300) as client:
+            for index, prompt in enumerate(prompts):
+                order = ARMS if index % 2 == 0 else ARMS[::-1]
+                for arm in order:
+                    os.killpg(servers[arm].pid, signal.SIGCONT)
+                    time.sleep(settle)
+                    seconds = ttft_and_finish(client, servers[arm], prompt)
+                    time.sleep(settle)
+                    os.killpg(servers[arm].pid, signal.SIGSTOP)
+                    if index >= warmup:
+                        times[arm].append(seconds)
+    finally:
+        for server in started:
+            os.killpg(server.pid, signal.SIGCONT)
+        for server in servers.values():
+            server.stop()
+    return times
+
+
 def report(label: str, times: dict[str, list[float]]) -> float:
     """Print one table and its ratios; return the mean TTFT ratio on/off."""
     print(f"\n{label}")
@@ -140,11 +211,15 @@ def main() -> None:
         "--passes",
         type=int,
         default=4,
-        help="pass i swaps the cores (i odd), the start order (i = 2, 3)",
+        help="shared: pass i swaps the start order (i odd); split: pass i swaps the cores "
+        "(i odd) and the start order (i = 2, 3)",
     )
+    parser.add_argument("--layout", choices=("shared", "split"), default="shared")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
-        sys.exit("needs at least 2 CPUs: one per server")
+        sys.exit("needs at least 2 CPUs: one for the servers (or one each), one for the client")
+    if args.layout == "shared":
+        os.sched_setaffinity(0, {0})  # the client; the servers run on CPU 1
 
     work = Path(tempfile.mkdtemp(prefix="atom-tier-overhead-"))
     if args.model == "tiny":
@@ -161,21 +236,25 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(
         f"model: {described}; {args.prompts} distinct {args.tokens}-token prompts per pass, "
-        f"{args.warmup} warm-up, alternating order; TTFT to the first streamed token"
+        f"{args.warmup} warm-up, alternating order; TTFT to the first streamed token; "
+        f"layout {args.layout}"
     )
     pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
     ratios: list[float] = []
     for index in range(args.passes):
-        cpus = {"off": index % 2, "on": 1 - index % 2}
-        start_order = ARMS if index % 4 < 2 else ARMS[::-1]
-        times = run_pass(model, work, cpus, start_order, prompts, args.warmup)
-        ratios += [
-            report(
+        if args.layout == "shared":
+            start_order = ARMS if index % 2 == 0 else ARMS[::-1]
+            times = run_pass_shared(model, work, 1, start_order, prompts, args.warmup)
+            label = f"pass {index + 1}: both on CPU 1, {start_order[0]} started first"
+        else:
+            cpus = {"off": index % 2, "on": 1 - index % 2}
+            start_order = ARMS if index % 4 < 2 else ARMS[::-1]
+            times = run_pass(model, work, cpus, start_order, prompts, args.warmup)
+            label = (
                 f"pass {index + 1}: off on CPU {cpus['off']}, on on CPU {cpus['on']}, "
-                f"{start_order[0]} started first",
-                times,
+                f"{start_order[0]} started first"
             )
-        ]
+        ratios += [report(label, times)]
         for arm in ARMS:
             pooled[arm] += times[arm]
     if args.passes > 1:
