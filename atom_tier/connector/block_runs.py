@@ -119,6 +119,11 @@ def _small_runs(
             num_chunks = -(-(skip + size) // blocks_per_chunk)
             if chunk_offset + num_chunks > len(chunks):
                 raise _count_error(device_spec, len(chunks))
+            if device_offset + size > len(blocks):
+                raise ValueError(
+                    f"transfer does not add up: {len(blocks)} device blocks, "
+                    f"groups of {list(device_spec.group_sizes)}"
+                )
             last_device = last_slot = -2
             for position in range(skip, skip + size):
                 device = blocks[device_offset + position - skip]

@@ -54,7 +54,8 @@ def stack_views(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     step = pointers[1] - pointers[0] if len(arrays) > 1 else 0
     if any(b - a != step for a, b in itertools.pairwise(pointers)):
         return None
-    # Every element of the view is an element of one of the arrays (checked above).
+    # Every element of the view is an element of one of the arrays (checked above). The view
+    # keeps only arrays[0] alive: the caller must hold the others (HostCopyWorker does).
     return as_strided(first, (len(arrays), *first.shape), (step, *first.strides))
 
 
@@ -151,8 +152,9 @@ class HostCopyWorker(OffloadingWorker):
             self._group_batches.append(
                 _batch_tensors(sorted(widest.items()), self._device, self._host)
             )
-        self._num_device_blocks = min(d.shape[0] for d in self._device)
-        self._num_chunks = min(h.shape[0] for h in self._host)
+        # No tensors (a rank without offloaded layers): every transfer is empty.
+        self._num_device_blocks = min((d.shape[0] for d in self._device), default=0)
+        self._num_chunks = min((h.shape[0] for h in self._host), default=0)
         self._finished: list[TransferResult] = []
         self._release = release
 

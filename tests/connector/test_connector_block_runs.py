@@ -158,3 +158,18 @@ def test_out_of_range_chunk_copies_nothing() -> None:
         worker.submit_store(1, GPULoadStoreSpec([0, 1], [2], [0]), CPULoadStoreSpec([40]))
     assert all(not host.any() for host in hosts)
     assert worker.get_finished() == []
+
+
+def test_both_planners_refuse_fewer_device_blocks_than_groups_list() -> None:
+    """vLLM asserts this in GPULoadStoreSpec; the planners must not rely on it (python -O)."""
+    for count in (3, SMALL_TRANSFER_BLOCKS + 3):
+        spec = GPULoadStoreSpec(list(range(count)), [count], [0])
+        spec.group_sizes = [count + 1]
+        with pytest.raises(ValueError, match="does not add up"):
+            transfer_runs(spec, np.arange(count), 2, 1000, 1000)
+
+
+def test_worker_without_tensors_moves_nothing() -> None:
+    worker = HostCopyWorker(CanonicalKVCaches([], [[]]), [], 2)
+    assert worker.submit_store(1, GPULoadStoreSpec([], [0], [0]), CPULoadStoreSpec([]))
+    assert [r.transfer_size for r in worker.get_finished()] == [0]
