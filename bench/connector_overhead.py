@@ -62,17 +62,26 @@ class PinnedServer(CpuVllmServer):
         return ["taskset", "-c", str(self.cpu), *super().command()]
 
 
-def ttft_seconds(client: httpx.Client, server: CpuVllmServer, prompt: list[int]) -> float:
+def ttft_seconds(
+    client: httpx.Client, server: CpuVllmServer, prompt: list[int], read_to_end: bool = False
+) -> float:
+    """TTFT of one request; with ``read_to_end`` the stream is read to its end, so nothing of
+    the request is left running afterwards (else it is dropped after the first token)."""
     payload = {
         "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": True,
     }  # fmt: skip
     started = time.perf_counter()
+    first: float | None = None
     with client.stream("POST", server.base_url + "/v1/completions", json=payload) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
-            if line.startswith("data: ") and '"text"' in line:
-                return time.perf_counter() - started
-    raise RuntimeError("no token streamed")
+            if first is None and line.startswith("data: ") and '"text"' in line:
+                first = time.perf_counter() - started
+                if not read_to_end:
+                    break
+    if first is None:
+        raise RuntimeError("no token streamed")
+    return first
 
 
 def trimmed_mean(values: list[float], cut: float = 0.05) -> float:
@@ -115,23 +124,6 @@ def run_pass(
     return times
 
 
-def ttft_and_finish(client: httpx.Client, server: CpuVllmServer, prompt: list[int]) -> float:
-    """TTFT of one request, read to its end (nothing of it is left running afterwards)."""
-    payload = {
-        "model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": True,
-    }  # fmt: skip
-    started = time.perf_counter()
-    first: float | None = None
-    with client.stream("POST", server.base_url + "/v1/completions", json=payload) as reply:
-        reply.raise_for_status()
-        for line in reply.iter_lines():
-            if first is None and line.startswith("data: ") and '"text"' in line:
-                first = time.perf_counter() - started
-    if first is None:
-        raise RuntimeError("no token streamed")
-    return first
-
-
 def run_pass_shared(
     model: Path,
     work: Path,
@@ -163,7 +155,7 @@ def run_pass_shared(
                 for arm in order:
                     os.killpg(servers[arm].pid, signal.SIGCONT)
                     time.sleep(settle)
-                    seconds = ttft_and_finish(client, servers[arm], prompt)
+                    seconds = ttft_seconds(client, servers[arm], prompt, read_to_end=True)
                     time.sleep(settle)
                     os.killpg(servers[arm].pid, signal.SIGSTOP)
                     if index >= warmup:

@@ -68,10 +68,7 @@ def map_blocks(
         device_offset += size
         chunk_offset += num_chunks
     if device_offset != len(device_blocks) or chunk_offset != len(chunk_ids):
-        raise ValueError(
-            f"transfer does not add up: {len(device_blocks)} device blocks and "
-            f"{len(chunk_ids)} DRAM chunks, mapping used {device_offset} and {chunk_offset}"
-        )
+        raise _sum_error(len(device_blocks), len(chunk_ids), device_offset, chunk_offset)
     return groups
 
 
@@ -100,6 +97,13 @@ def _count_error(device_spec: GPULoadStoreSpec, num_chunk_ids: int) -> ValueErro
     )
 
 
+def _sum_error(blocks: int, chunks: int, used_blocks: int, used_chunks: int) -> ValueError:
+    return ValueError(
+        f"transfer does not add up: {blocks} device blocks and {chunks} DRAM chunks, "
+        f"mapping used {used_blocks} and {used_chunks}"
+    )
+
+
 def _check_ids(kind: str, low: int, high: int, limit: int) -> None:
     if low < 0 or high >= limit:
         raise ValueError(f"{kind} ids out of range: {low}..{high}, valid 0..{limit - 1}")
@@ -119,11 +123,6 @@ def _small_runs(
             num_chunks = -(-(skip + size) // blocks_per_chunk)
             if chunk_offset + num_chunks > len(chunks):
                 raise _count_error(device_spec, len(chunks))
-            if device_offset + size > len(blocks):
-                raise ValueError(
-                    f"transfer does not add up: {len(blocks)} device blocks, "
-                    f"groups of {list(device_spec.group_sizes)}"
-                )
             last_device = last_slot = -2
             for position in range(skip, skip + size):
                 device = blocks[device_offset + position - skip]
@@ -139,10 +138,7 @@ def _small_runs(
             chunk_offset += num_chunks
         groups.append(runs)
     if device_offset != len(blocks) or chunk_offset != len(chunks):
-        raise ValueError(
-            f"transfer does not add up: {len(blocks)} device blocks and "
-            f"{len(chunks)} DRAM chunks, mapping used {device_offset} and {chunk_offset}"
-        )
+        raise _sum_error(len(blocks), len(chunks), device_offset, chunk_offset)
     return groups
 
 
@@ -155,6 +151,12 @@ def transfer_runs(
 ) -> list[list[Run]]:
     """Per KV-cache group, the runs to copy; ids are checked against both sides' sizes."""
     block_array, chunk_array = np.asarray(device_spec.block_ids), np.asarray(chunk_ids)
+    # vLLM asserts this in GPULoadStoreSpec; checked again because asserts may be off (-O).
+    listed = sum(int(size) for size in device_spec.group_sizes)
+    if listed != len(block_array):
+        raise ValueError(
+            f"transfer does not add up: {len(block_array)} device blocks, its groups list {listed}"
+        )
     if len(block_array) <= SMALL_TRANSFER_BLOCKS:
         blocks, chunks = block_array.tolist(), chunk_array.tolist()
         if blocks:
