@@ -176,6 +176,14 @@ class AtomTierSettings(_EnvSettings):
         description="Hard capacity cap of the NVMe tier in GB of 2^30 bytes; unset: sized "
         "automatically from the free space at start-up.",
     )
+    weights_id: str | None = Field(
+        None,
+        validation_alias=_env("WEIGHTS_ID"),
+        description="Identifier of the served weights (a checkpoint version or digest) that the "
+        "NVMe tier's namespace uses instead of the fingerprint atom-tier samples from the weight "
+        "files; it must change whenever the weights change. Unset: sampled (see "
+        "docs/architecture.md, 'Model identity').",
+    )
     chunk_tokens: int = Field(
         256,
         gt=0,

@@ -26,6 +26,7 @@ from atom_tier.preflight.checks_connector import (
     probe_dram_budget,
 )
 from atom_tier.settings import AtomTierSettings, ConnectorEngine
+from atom_tier.tiers.model_identity import numerics_digest
 
 logger = get_logger(__name__)
 
@@ -56,7 +57,33 @@ def resolve_chunk_tokens(settings: AtomTierSettings, block_size: int) -> int:
     return rounded
 
 
-def secondary_tiers(settings: AtomTierSettings) -> list[dict[str, Any]]:
+def model_identity_entry(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:
+    """What a persistent tier needs to compute the model's identity (weights + numerics).
+
+    Cheap: the weight files are read only where the tier starts (the engine core).
+    """
+    model = vllm_config.model_config
+    cache = vllm_config.cache_config
+    numerics = numerics_digest(
+        model.hf_config.to_dict(),
+        dtype=str(model.dtype),
+        quantization=model.quantization,
+        kv_cache_dtype=cache.cache_dtype,
+        kv_cache_dtype_skip_layers=list(cache.kv_cache_dtype_skip_layers),
+    )
+    return {
+        "model": model.model,
+        "numerics": numerics,
+        "revision": model.revision,
+        "download_dir": vllm_config.load_config.download_dir,
+        "weights_id": settings.weights_id,
+        "load_format": str(vllm_config.load_config.load_format),
+    }
+
+
+def secondary_tiers(
+    settings: AtomTierSettings, model_identity: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Secondary tier entries (the NVMe tier) for vLLM's TieringOffloadingSpec."""
     factory = None
     if importlib.util.find_spec(TIERS_MODULE) is not None:
@@ -71,7 +98,7 @@ def secondary_tiers(settings: AtomTierSettings) -> list[dict[str, Any]]:
                 NVME_TIER_FACTORY,
             )
         return []
-    entry = factory(settings)
+    entry = factory(settings, model_identity)
     return [dict(entry)] if entry else []
 
 
@@ -98,7 +125,7 @@ def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict
         "eviction_policy": settings.eviction.value,
         # vLLM's switch is the inverse of ours: prompt KV only unless save_decode is on.
         "offload_prompt_only": not settings.save_decode,
-        "secondary_tiers": secondary_tiers(settings),
+        "secondary_tiers": secondary_tiers(settings, model_identity_entry(vllm_config, settings)),
     }
     block_size = vllm_config.cache_config.block_size
     if block_size:

@@ -7,6 +7,7 @@ The connector puts :func:`nvme_secondary_tier_config` into its ``TieringOffloadi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,8 +25,14 @@ def nvme_capacity_bytes(nvme_gb: float | None) -> int | None:
     return None if nvme_gb is None else int(nvme_gb * BYTES_PER_GB)
 
 
-def nvme_secondary_tier_config(settings: AtomTierSettings) -> dict[str, Any] | None:
+def nvme_secondary_tier_config(
+    settings: AtomTierSettings, model_identity: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The ``secondary_tiers`` entry of the NVMe tier, or None when the tier is off.
+
+    ``model_identity`` holds the arguments of :func:`atom_tier.tiers.model_identity.model_identity`
+    (model, numerics digest, revision, download dir, operator's weights id); the tier computes
+    the weights fingerprint once, in the engine core, where it starts.
 
     ``capacity_bytes`` None (``ATOM_TIER_NVME_GB`` unset) sizes the tier when it starts:
     the space it already holds plus the free space, minus max(10 % of the filesystem,
@@ -38,6 +45,7 @@ def nvme_secondary_tier_config(settings: AtomTierSettings) -> dict[str, Any] | N
         "module_path": NVME_TIER_MODULE,
         "root_dir": str(settings.nvme_path),
         "capacity_bytes": nvme_capacity_bytes(settings.nvme_gb),
+        "model_identity": dict(model_identity) if model_identity is not None else None,
     }
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,6 +44,7 @@ from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, Tra
 
 from atom_tier.log import get_logger
 from atom_tier.tiers.chunk_format import FORMAT_VERSION
+from atom_tier.tiers.model_identity import ModelIdentity, model_identity
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from atom_tier.tiers.tier_stats import COUNTER_NAMES, GAUGE_NAMES, WriteReport
 
@@ -55,18 +57,22 @@ logger = get_logger(__name__)
 METRIC_PREFIX = "atom_tier:nvme_tier_"
 
 
-def namespace_of(offloading_spec: OffloadingSpec, chunk_bytes: int) -> tuple[str, bytes]:
+def namespace_of(
+    offloading_spec: OffloadingSpec, chunk_bytes: int, identity: str
+) -> tuple[str, bytes]:
     """(directory name, namespace) identifying what a chunk's bytes mean.
 
-    Two servers share chunks only when model, KV dtype, layout, chunking and parallelism
-    agree: the same tokens hash to the same key under another model, so the key alone must
-    never select a chunk. The namespace is also written into every chunk header.
+    Two servers share chunks only when model identity (weights and numerics, see
+    :mod:`atom_tier.tiers.model_identity`), KV dtype, layout, chunking and parallelism agree:
+    the same tokens hash to the same key under other weights, so neither the key nor the
+    model's name may select a chunk. The namespace is also written into every chunk header.
     """
     config = offloading_spec.config
     parallel = config.parallel
     fields = {
         "format": FORMAT_VERSION,
         "model": config.model.name,
+        "identity": identity,
         "kv_dtype": str(config.model.dtype),
         "tokens_per_hash": config.cache.tokens_per_hash,
         "blocks_per_chunk": config.cache.blocks_per_chunk,
@@ -80,6 +86,17 @@ def namespace_of(offloading_spec: OffloadingSpec, chunk_bytes: int) -> tuple[str
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     safe_model = "".join(c if c.isalnum() or c in "-._" else "_" for c in config.model.name)
     return f"{safe_model[-64:]}_{digest}", digest.encode()
+
+
+def _resolve_identity(entry: Mapping[str, Any] | None) -> ModelIdentity:
+    if entry is None:
+        logger.warning(
+            "The NVMe tier entry has no model_identity (atom-tier fills it in when it builds "
+            "secondary_tiers): this run's chunks get a random namespace and are never reused "
+            "after a restart"
+        )
+        return ModelIdentity(secrets.token_hex(32), "unverified")
+    return model_identity(**entry)
 
 
 class AtomTierNvmeTier(SecondaryTierManager):
@@ -98,12 +115,16 @@ class AtomTierNvmeTier(SecondaryTierManager):
         io_threads: int = 8,
         fault_retry_s: float = 60.0,
         locality: str | None = None,
+        model_identity: Mapping[str, Any] | None = None,
         backpressure_detector: BackpressureDetector | None = None,
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality else Locality.LOCAL
         self._flat = primary_kv_view.cast("B")
-        dirname, namespace = namespace_of(offloading_spec, self.block_size_bytes)
+        self.identity = _resolve_identity(model_identity)
+        dirname, namespace = namespace_of(
+            offloading_spec, self.block_size_bytes, self.identity.digest
+        )
         parallel = offloading_spec.config.parallel
         root = Path(root_dir) / dirname
         share = 1.0
@@ -126,6 +147,13 @@ class AtomTierNvmeTier(SecondaryTierManager):
         self._open_jobs = 0
         self._last_stats: dict[str, float] = {}
         logger.info("atom-tier NVMe tier (%s) at %s", tier_type, root)
+        logger.info("atom-tier NVMe tier model identity %s", self.identity.describe())
+        if self.identity.source == "unverified":
+            logger.warning(
+                "atom-tier could not fingerprint the weights: chunks written by this run are "
+                "never served after a restart; set ATOM_TIER_WEIGHTS_ID to a version of the "
+                "weights to keep them"
+            )
 
     # -- lookups ---------------------------------------------------------------------------
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:

@@ -37,9 +37,17 @@ CHUNK_BYTES = 64 * 1024
 END_OF_STEP = ScheduleEndContext(new_req_ids=(), preempted_req_ids=())
 
 
-def _spec(root: Path, gb: str = "1", model: str = "tiny-model") -> TieringOffloadingSpec:
+def _spec(
+    root: Path,
+    gb: str = "1",
+    model: str = "tiny-model",
+    weights: str | None = "weights-v1",
+) -> TieringOffloadingSpec:
+    """A spec whose NVMe tier entry carries an identity (an operator's weights id, so no
+    weight files are needed); ``weights=None`` leaves the entry without one."""
     settings = load_settings({"ATOM_TIER_NVME_PATH": str(root), "ATOM_TIER_NVME_GB": gb})
-    tier = nvme_secondary_tier_config(settings)
+    identity = None if weights is None else {"model": model, "numerics": "n", "weights_id": weights}
+    tier = nvme_secondary_tier_config(settings, identity)
     assert tier is not None
     config = OffloadingConfig(
         groups=(OffloadingGroupConfig(16, ("layers.0", "layers.1"), 0),),
@@ -192,6 +200,36 @@ def test_another_model_never_sees_these_chunks(
     other.on_request_finished(reader)
 
 
+def test_other_weights_under_the_same_model_name_never_see_these_chunks(
+    tmp_path: Path, open_manager: Callable[..., Any]
+) -> None:
+    manager, tier = open_manager(tmp_path)
+    _fill_and_evict(manager, tier)
+    manager.shutdown()
+    updated, updated_tier = open_manager(tmp_path, weights="weights-v2")
+    assert updated_tier.store.root != tier.store.root
+    assert updated_tier.stats()["rebuild_chunks"] == 0
+    reader = ReqContext(req_id="after-update")
+    updated.on_new_request(reader)
+    assert _load(updated, reader, 0) is None
+    updated.on_request_finished(reader)
+
+
+def test_an_entry_without_identity_never_reuses_another_runs_chunks(
+    tmp_path: Path, open_manager: Callable[..., Any]
+) -> None:
+    manager, tier = open_manager(tmp_path, weights=None)
+    assert tier.identity.source == "unverified"
+    _fill_and_evict(manager, tier)
+    manager.shutdown()
+    again, again_tier = open_manager(tmp_path, weights=None)
+    assert again_tier.store.root != tier.store.root
+    reader = ReqContext(req_id="after-restart")
+    again.on_new_request(reader)
+    assert _load(again, reader, 0) is None
+    again.on_request_finished(reader)
+
+
 def test_metrics_reach_vllm(tmp_path: Path, open_manager: Callable[..., Any]) -> None:
     manager, tier = open_manager(tmp_path)
     _fill_and_evict(manager, tier)
@@ -225,6 +263,7 @@ def test_config_entry() -> None:
         "module_path": "atom_tier.tiers.vllm_tier",
         "root_dir": "/mnt/x",
         "capacity_bytes": None,
+        "model_identity": None,
     }
     sized = nvme_secondary_tier_config(
         load_settings({"ATOM_TIER_NVME_PATH": "/mnt/nvme", "ATOM_TIER_NVME_GB": "1.5"})

@@ -31,6 +31,7 @@ ATOM_TIER_CASES = [
     ("ATOM_TIER_EVICTION", "ARC", "eviction", EvictionPolicy.ARC),
     ("ATOM_TIER_NVME_PATH", "/mnt/nvme/kv", "nvme_path", Path("/mnt/nvme/kv")),
     ("ATOM_TIER_NVME_GB", "512.5", "nvme_gb", 512.5),
+    ("ATOM_TIER_WEIGHTS_ID", "ckpt-2026-12-01", "weights_id", "ckpt-2026-12-01"),
     ("ATOM_TIER_CHUNK_TOKENS", "512", "chunk_tokens", 512),
     ("ATOM_TIER_SAVE_DECODE", "yes", "save_decode", True),
     ("ATOM_TIER_CPU_PLATFORM", "on", "cpu_platform", True),
