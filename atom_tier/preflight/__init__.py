@@ -57,7 +57,8 @@ def build_context(
     return CheckContext(
         settings=settings,
         env=load_foreign_env(),
-        facts=gather_facts(settings),
+        # Stale /dev/shm segments are reported by `doctor`; a starting server skips the scan.
+        facts=gather_facts(settings, shm=vllm_config is None),
         vllm_config=vllm_config,
     )
 

@@ -29,6 +29,9 @@ from typing import Any
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import GIB, AtomTierSettings
+from atom_tier.sizes import gb_setting, human_size
+
+gib = human_size  # the one size formatter, under the name connector/config.py imports
 
 CONNECTOR_NAME = "AtomTierConnector"
 # Automatic DRAM tier: this share of the memory the host (or the container's cgroup) allows,
@@ -112,16 +115,8 @@ class DramRequirement:
         return (
             f"{self.prefix_tokens} tokens (max-model-len in whole chunks) x {self.concurrency} "
             f"concurrent reloads ({self.concurrency_reason}) x {self.bytes_per_token} KV bytes "
-            f"per token = {gib(self.minimum_bytes)}"
+            f"per token = {human_size(self.minimum_bytes)}"
         )
-
-
-def gib(value: float) -> str:
-    """Bytes for people: GiB, or MiB/KiB for sizes a GiB rounding would show as 0.00."""
-    for unit, scale in (("GiB", GIB), ("MiB", 1024**2)):
-        if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value / 1024:.2f} KiB"
 
 
 def dram_requirement(
@@ -184,9 +179,9 @@ def device_kv_tokens(vllm_config: Any) -> int | None:
 
 
 def _fix(requirement: DramRequirement, settings: AtomTierSettings) -> str:
-    needed = math.ceil(requirement.minimum_bytes / GIB * 100) / 100
     return (
-        f"set ATOM_TIER_DRAM_GB={needed} or more; or lower --max-model-len or --max-num-seqs; "
+        f"set ATOM_TIER_DRAM_GB to {gb_setting(requirement.minimum_bytes, up=True)} or more; "
+        "or lower --max-model-len or --max-num-seqs; "
         "or set ATOM_TIER_RELOAD_CONCURRENCY to the reloads you really expect at once"
         + ("" if settings.nvme_enabled else "; or set ATOM_TIER_CONNECTOR=off")
     )
@@ -201,7 +196,7 @@ def evaluate_dram_tier(
         return Finding(
             Level.OK,
             "dram-tier-size",
-            f"DRAM tier {gib(dram_bytes)} holds the minimum {requirement.explain()}",
+            f"DRAM tier {human_size(dram_bytes)} holds the minimum {requirement.explain()}",
         )
     level = Level.ERROR if settings.nvme_enabled else Level.WARNING
     consequence = (
@@ -212,7 +207,7 @@ def evaluate_dram_tier(
     return Finding(
         level,
         "dram-tier-too-small",
-        f"DRAM tier {gib(dram_bytes)} is smaller than the minimum {requirement.explain()}: "
+        f"DRAM tier {human_size(dram_bytes)} is smaller than the minimum {requirement.explain()}: "
         f"{consequence}",
         _fix(requirement, settings),
     )
@@ -224,19 +219,21 @@ def evaluate_shm_room(dram_bytes: int, budget: DramBudget) -> Finding | None:
     unless told otherwise). None when /dev/shm cannot be read or the tier fits."""
     if budget.shm_free is None or dram_bytes <= budget.shm_free:
         return None
-    size = f"{gib(budget.shm_size)} " if budget.shm_size is not None else ""
+    size = f"{human_size(budget.shm_size)} " if budget.shm_size is not None else ""
     shm_gib = math.ceil(dram_bytes / GIB) + 1  # the tier plus room for vLLM's own use
     return Finding(
         Level.ERROR,
         "dram-tier-exceeds-shm",
-        f"DRAM tier {gib(dram_bytes)} does not fit in /dev/shm ({size}with "
-        f"{gib(budget.shm_free)} free), where vLLM maps it: the server would fail at start-up",
+        f"DRAM tier {human_size(dram_bytes)} does not fit in /dev/shm ({size}with "
+        f"{human_size(budget.shm_free)} free), where vLLM maps it: the server would fail at "
+        "start-up",
         f"give the container more shared memory (docker run --shm-size={shm_gib}g or "
-        "--ipc=host), free /dev/shm, or lower ATOM_TIER_DRAM_GB",
+        "--ipc=host), free /dev/shm (`atom-tier doctor` names stale segments), or lower "
+        "ATOM_TIER_DRAM_GB",
     )
 
 
-def _uses_atom_tier_connector(vllm_config: Any) -> bool:
+def uses_atom_tier_connector(vllm_config: Any) -> bool:
     transfer = getattr(vllm_config, "kv_transfer_config", None)
     return transfer is not None and transfer.kv_connector == CONNECTOR_NAME
 
@@ -244,7 +241,7 @@ def _uses_atom_tier_connector(vllm_config: Any) -> bool:
 @check("connector-dram-tier", area="connector")
 def check_dram_tier(ctx: CheckContext) -> Iterable[Finding]:
     config = ctx.vllm_config
-    if config is None or not _uses_atom_tier_connector(config):
+    if config is None or not uses_atom_tier_connector(config):
         return []
     settings = ctx.settings
     budget = probe_dram_budget()

@@ -51,6 +51,26 @@ class NvmeFacts:
     o_direct: bool | None = None
     error: str | None = None
     used_bytes: int = 0  # what is already stored under the directory (the tier's own chunks)
+    fs_bytes: int | None = None  # size of the filesystem holding it (automatic cap's reserve)
+
+
+@dataclass(frozen=True)
+class ShmSegment:
+    """A POSIX shared-memory segment file (``psm_*``, Python's SharedMemory, used by vLLM)."""
+
+    name: str
+    size: int  # its length
+    allocated: int  # the memory it holds (pages written)
+
+
+@dataclass(frozen=True)
+class ShmFacts:
+    """``psm_*`` segments in /dev/shm, split by whether a live process maps or holds them."""
+
+    root: Path
+    stale: tuple[ShmSegment, ...] = ()  # no live process maps them or holds them open
+    in_use: int = 0
+    uninspected: int = 0  # processes whose maps or fds could not be read (not root)
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ class Facts:
     host_memory_total: int | None
     host_memory_available: int | None
     nvme: NvmeFacts | None = None
+    shm: ShmFacts | None = None
 
 
 @dataclass

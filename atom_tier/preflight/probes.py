@@ -11,10 +11,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from atom_tier.preflight.context import EntryPoint, Facts, NvmeFacts, TorchBuild
+from atom_tier.preflight.context import (
+    EntryPoint,
+    Facts,
+    NvmeFacts,
+    ShmFacts,
+    ShmSegment,
+    TorchBuild,
+)
 from atom_tier.settings import AtomTierSettings
 
 O_DIRECT_ALIGNMENT = 4096
+SHM_ROOT = Path("/dev/shm")
+# Python's multiprocessing.shared_memory names its segments psm_<hex>; vLLM's shared-memory
+# message queues use it, and a process killed with SIGKILL never unlinks them.
+SHM_PREFIX = "psm_"
 
 
 def probe_torch() -> TorchBuild:
@@ -123,7 +134,7 @@ def probe_nvme(path: Path) -> NvmeFacts:
     if not path.is_dir():
         return NvmeFacts(path=path, exists=True, is_dir=False)
     writable = os.access(path, os.W_OK | os.X_OK)
-    free = shutil.disk_usage(path).free
+    usage = shutil.disk_usage(path)  # statvfs: f_bavail and f_blocks, as the store reads them
     o_direct: bool | None = None
     error = None
     if writable:
@@ -131,11 +142,86 @@ def probe_nvme(path: Path) -> NvmeFacts:
             o_direct = probe_o_direct(path)
         except OSError as exc:
             writable, error = False, f"{type(exc).__name__}: {exc}"
-    return NvmeFacts(path, True, True, writable, free, o_direct, error, directory_bytes(path))
+    return NvmeFacts(
+        path, True, True, writable, usage.free, o_direct, error, directory_bytes(path), usage.total
+    )
 
 
-def gather_facts(settings: AtomTierSettings) -> Facts:
-    """Probe everything checks need. Imports torch if installed; never imports vLLM or AITER."""
+def _shm_segments(root: Path, prefix: str) -> dict[tuple[int, int], ShmSegment]:
+    """The segment files under ``root``, keyed by (device, inode)."""
+    found = {}
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return {}
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:  # removed meanwhile
+            continue
+        found[(st.st_dev, st.st_ino)] = ShmSegment(entry.name, st.st_size, st.st_blocks * 512)
+    return found
+
+
+def _held_by(process: Path, prefix: str) -> set[tuple[int, int]]:
+    """(device, inode) of the ``prefix*`` files a process maps or holds open; raises
+    PermissionError when its maps or fds cannot be read."""
+    held = set()
+    # maps lines: address perms offset dev(major:minor, hex) inode path
+    for line in (process / "maps").read_text().splitlines():
+        if prefix in line:
+            fields = line.split(maxsplit=5)
+            major, minor = fields[3].split(":")
+            held.add((os.makedev(int(major, 16), int(minor, 16)), int(fields[4])))
+    # A segment is open, not yet mapped, between shm_open and mmap (and after a close of the
+    # mapping by a process that keeps the fd).
+    for fd in os.scandir(process / "fd"):
+        try:
+            if prefix in os.readlink(fd.path):
+                st = os.stat(fd.path)  # follows the link to the open file itself
+                held.add((st.st_dev, st.st_ino))
+        except OSError:  # closed meanwhile
+            continue
+    return held
+
+
+def probe_shm(
+    root: Path = SHM_ROOT, proc: Path = Path("/proc"), prefix: str = SHM_PREFIX
+) -> ShmFacts | None:
+    """``prefix*`` segments in ``root``, stale when no live process maps them or holds them
+    open (every /proc/<pid>/maps and fd read). None when ``root`` cannot be listed.
+
+    Segments are listed before processes are read, so a segment created during the scan is
+    not listed at all, rather than listed as stale.
+    """
+    if not root.is_dir():
+        return None
+    segments = _shm_segments(root, prefix)
+    held: set[tuple[int, int]] = set()
+    uninspected = 0
+    if segments:
+        for process in proc.iterdir():
+            if not process.name.isdigit():
+                continue
+            try:
+                held |= _held_by(process, prefix)
+            except PermissionError:
+                uninspected += 1
+            except OSError:  # exited meanwhile
+                continue
+    stale = tuple(
+        sorted((s for key, s in segments.items() if key not in held), key=lambda s: s.name)
+    )
+    return ShmFacts(root, stale, len(segments) - len(stale), uninspected)
+
+
+def gather_facts(settings: AtomTierSettings, shm: bool = True) -> Facts:
+    """Probe everything checks need. Imports torch if installed; never imports vLLM or AITER.
+    ``shm=False`` skips the /dev/shm scan (it reads every process's maps and fds)."""
     dist, version = probe_vllm()
     total, available = probe_host_memory()
     return Facts(
@@ -148,4 +234,5 @@ def gather_facts(settings: AtomTierSettings) -> Facts:
         host_memory_total=total,
         host_memory_available=available,
         nvme=probe_nvme(settings.nvme_path) if settings.nvme_path is not None else None,
+        shm=probe_shm() if shm else None,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from atom_tier.log import get_logger
+from atom_tier.sizes import human_size
 from atom_tier.tiers.aio import ChunkEngine, make_engine
 from atom_tier.tiers.chunk_format import (
     TEMP_SUFFIX,
@@ -144,8 +146,7 @@ class NvmeChunkStore:
             self.index.add_existing(digest, size)
         capacity = self._requested_capacity
         if capacity is None:
-            auto = auto_capacity_bytes(self.root, scan.total_bytes)
-            capacity = int(auto * self._auto_share) // 4096 * 4096
+            capacity = auto_capacity_bytes(self.root, scan.total_bytes, self._auto_share)
         self._unlink(self.index.set_capacity(capacity))
         self.counters.add("temp_files_removed", scan.temp_removed)
         self.counters.add_many(
@@ -154,12 +155,17 @@ class NvmeChunkStore:
         self._rebuild = (scan.seconds, len(scan.chunks))
         chunks, used = self.index.published_stats()
         summary = (
-            f"{len(scan.chunks)} chunks found ({chunks} kept, {used / 2**30:.2f} GiB), "
+            f"{len(scan.chunks)} chunks found ({chunks} kept, {human_size(used)}), "
             f"{scan.temp_removed} temp and {scan.truncated_removed} truncated files removed"
         )
-        logger.info(
-            "NVMe tier at %s: %s I/O, cap %.2f GiB; index rebuilt from disk in %.3f s: %s",
-            *(self.root, self.engine.name, capacity / 2**30, scan.seconds, summary),
+        # A zero cap rejects every store with no other trace: say so at warning level.
+        level, note = logging.INFO, ""
+        if capacity == 0:
+            level, note = logging.WARNING, " (every chunk will be rejected: see `atom-tier doctor`)"
+        logger.log(
+            level,
+            "NVMe tier at %s: %s I/O, cap %s%s; index rebuilt from disk in %.3f s: %s",
+            *(self.root, self.engine.name, human_size(capacity), note, scan.seconds, summary),
         )
         self._ready.set()
 

@@ -144,22 +144,31 @@ def scan_chunk_dir(root: Path) -> ScanResult:
     return result
 
 
-def auto_capacity_bytes(path: Path, tier_bytes_on_disk: int) -> int:
+def auto_capacity_bytes(path: Path, tier_bytes_on_disk: int, share: float = 1.0) -> int:
     """The automatic cap for the filesystem holding ``path`` (see :func:`auto_capacity`)."""
     st = os.statvfs(path)
-    return auto_capacity(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, tier_bytes_on_disk)
+    free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    return auto_capacity(free, size, tier_bytes_on_disk, share)
 
 
-def auto_capacity(free_bytes: int, fs_bytes: int, tier_bytes_on_disk: int) -> int:
-    """What the tier holds plus the free space, minus a reserve for everything else.
+def auto_reserve(fs_bytes: int) -> int:
+    """What automatic sizing leaves free for everything else on a filesystem of ``fs_bytes``."""
+    return max(int(fs_bytes * AUTO_RESERVE_FRACTION), AUTO_RESERVE_MIN_BYTES)
+
+
+def auto_capacity(
+    free_bytes: int, fs_bytes: int, tier_bytes_on_disk: int, share: float = 1.0
+) -> int:
+    """What the tier holds plus the free space, minus a reserve for everything else, times
+    ``share`` (stores splitting one filesystem), in whole alignment units.
 
     reserve = max(10 % of the filesystem, 4 GiB), so the tier never takes the last space
     of a shared filesystem. Decided once at start-up: free space is not watched afterwards
     (a disk filled by others shows up as a write fault, which stops the tier's writes).
+    Preflight calls this too, so its warning about a zero cap is the store's own arithmetic.
     """
-    reserve = max(int(fs_bytes * AUTO_RESERVE_FRACTION), AUTO_RESERVE_MIN_BYTES)
-    usable = free_bytes + tier_bytes_on_disk - reserve
-    return max(0, usable // ALIGNMENT * ALIGNMENT)
+    usable = max(0, free_bytes + tier_bytes_on_disk - auto_reserve(fs_bytes))
+    return int(usable * share) // ALIGNMENT * ALIGNMENT
 
 
 def remove_quietly(paths: Iterable[str]) -> None:

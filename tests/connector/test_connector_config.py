@@ -168,7 +168,8 @@ def test_guard_fails_with_the_minimum_and_the_fix(vllm_config: Any, tmp_path: Pa
     assert finding.level is Level.ERROR
     assert finding.code == "dram-tier-too-small"
     assert f"= {minimum // 1024}.00 KiB" in finding.message
-    assert "ATOM_TIER_DRAM_GB=0.01" in finding.fix  # the minimum, rounded up to 0.01 GiB
+    # The 512 KiB minimum as the value to type (rounded up) and the size it gives.
+    assert "set ATOM_TIER_DRAM_GB to 0.000489 (512.75 KiB) or more" in finding.fix
     # Without an NVMe tier a small DRAM tier only costs hits: a warning.
     [finding] = check_dram_tier(context(vllm_config, ATOM_TIER_DRAM_GB="0.0001"))
     assert finding.level is Level.WARNING

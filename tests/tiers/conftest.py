@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,31 +69,6 @@ def make_store() -> Iterator[StoreFactory]:
     yield factory
     for store in opened:
         store.close()
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mounts real tmpfs filesystems of a given size (a disk we can really fill, and whose
-    used-bytes count statvfs reads atomically); skipped where mounting is denied."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        mount_point = tmp_path / f"tmpfs{len(mounted)}"
-        mount_point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-        mounted.append(mount_point)
-        return mount_point
-
-    yield mount
-    for mount_point in mounted:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fs_used_bytes(path: Path) -> int:

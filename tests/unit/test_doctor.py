@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,34 @@ def test_console_script_basics(flag: str) -> None:
     script = Path(sys.executable).with_name("atom-tier")
     result = subprocess.run([str(script), flag], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "atom-tier" in result.stdout
+
+
+def test_doctor_warns_when_the_automatic_nvme_cap_is_zero(
+    mount_tmpfs: Callable[[str], Path],
+) -> None:
+    root = mount_tmpfs("8M")
+    result = doctor(env={"PYTHONHASHSEED": "0", "ATOM_TIER_NVME_PATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert "WARN  nvme-auto-capacity" in result.stdout
+    text = " ".join(result.stdout.split())  # undo the report's line wrapping
+    assert f"the automatic NVMe cap on {root} is 0 B" in text
+    assert "freeing space cannot help: the filesystem is smaller than the reserve" in text
+    assert "fix: point ATOM_TIER_NVME_PATH at a larger filesystem" in text
+    assert "or set ATOM_TIER_NVME_GB to at most 0.00781 (8.00 MiB)" in text
+
+
+def test_doctor_names_a_stale_shm_segment_and_deletes_nothing() -> None:
+    segment = Path("/dev/shm") / f"psm_atomtiertest{secrets.token_hex(4)}"
+    segment.write_bytes(b"x" * 2**20)
+    try:
+        result = doctor("--json", env={"PYTHONHASHSEED": "0"})
+        data = json.loads(result.stdout)
+        jsonschema.validate(data, DOCTOR_SCHEMA)
+        [found] = [f for f in data["findings"] if f["code"] == "shm-stale-segments"]
+        assert found["level"] == "info" and "1.00 MiB of memory held" in found["message"]
+        assert f" {segment} " in found["fix"].split(" (")[0] + " "
+        assert segment.exists()
+        text = doctor(env={"PYTHONHASHSEED": "0"}).stdout
+        assert "info  shm-stale-segments" in text and "fix: rm -f /dev/shm/psm_" in text
+    finally:
+        segment.unlink()

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from atom_tier.preflight import build_context, run_preflight
-from atom_tier.preflight.context import CheckContext, EntryPoint, Facts, NvmeFacts, TorchBuild
+from atom_tier.preflight.context import (
+    CheckContext,
+    EntryPoint,
+    Facts,
+    NvmeFacts,
+    ShmFacts,
+    ShmSegment,
+    TorchBuild,
+)
 from atom_tier.preflight.findings import Finding, Level
 from atom_tier.settings import GIB as GB
 from atom_tier.settings import load_foreign_env, load_settings
@@ -239,3 +247,96 @@ def test_real_context_on_this_machine_runs_every_check(monkeypatch: pytest.Monke
     codes = {f.code for f in result}
     assert {"hash-seed", "torch-build", "vllm-version", "aiter", "other-platform-plugins"} <= codes
     assert not [f for f in result if f.level is Level.ERROR], result
+
+
+MIB = 2**20
+
+
+def test_nvme_capacity_fix_on_a_tiny_filesystem_names_a_value_that_shows() -> None:
+    """8 MiB free: "at most 0" told nothing; the value to type and its size do."""
+    nvme = NvmeFacts(Path("/x"), True, True, True, free_bytes=8 * MIB, o_direct=True)
+    [found] = findings("nvme-capacity", env=nvme_env(Path("/x"), "1"), nvme=nvme)
+    assert found.level is Level.ERROR
+    assert "ATOM_TIER_NVME_GB=1 (1.00 GiB) needs more than the 8.00 MiB free" in found.message
+    assert found.fix == "free space on /x or set ATOM_TIER_NVME_GB to at most 0.00781 (8.00 MiB)"
+
+
+def test_nvme_capacity_on_a_full_filesystem_offers_no_zero() -> None:
+    nvme = NvmeFacts(Path("/x"), True, True, True, free_bytes=0, o_direct=True)
+    [found] = findings("nvme-capacity", env=nvme_env(Path("/x"), "1"), nvme=nvme)
+    assert found.fix == "free space on /x"
+
+
+def test_dram_fix_on_a_small_host_names_a_value_that_shows() -> None:
+    [found] = findings(
+        "dram-tier-memory", env={"ATOM_TIER_DRAM_GB": "1"}, host_memory_available=500 * MIB
+    )
+    assert found.level is Level.ERROR and "500.00 MiB of host memory" in found.message
+    assert found.fix == "set ATOM_TIER_DRAM_GB to at most 0.39 (399.36 MiB)"  # 80 % of 500 MiB
+
+
+def auto_nvme(free: int, fs: int, used: int = 0) -> NvmeFacts:
+    return NvmeFacts(Path("/x"), True, True, True, free, True, None, used, fs)
+
+
+def test_automatic_cap_of_zero_warns_with_the_arithmetic_and_the_fixes() -> None:
+    """3 GiB free on 20 GiB: the 4 GiB reserve leaves nothing, every chunk would be rejected."""
+    [found] = findings(
+        "nvme-auto-capacity", env=nvme_env(Path("/x")), nvme=auto_nvme(3 * GB, 20 * GB)
+    )
+    assert found.level is Level.WARNING
+    assert found.message == (
+        "ATOM_TIER_NVME_GB is unset and the automatic NVMe cap on /x is 0 B (3.00 GiB free + "
+        "0 B already in the tier - 4.00 GiB kept free for others (max(10 % of the 20.00 GiB "
+        "filesystem, 4 GiB))): the tier will reject every chunk"
+    )
+    assert "free more than 1.00 GiB on /x" in found.fix
+    assert "ATOM_TIER_NVME_PATH at a larger filesystem" in found.fix
+    assert "set ATOM_TIER_NVME_GB to at most 3 (3.00 GiB)" in found.fix
+
+
+def test_automatic_cap_of_zero_on_a_full_disk_offers_no_explicit_cap() -> None:
+    [found] = findings("nvme-auto-capacity", env=nvme_env(Path("/x")), nvme=auto_nvme(0, 8 * MIB))
+    assert found.level is Level.WARNING and "ATOM_TIER_NVME_GB" not in found.fix
+
+
+def test_automatic_cap_counts_the_tiers_own_chunks() -> None:
+    """After a restart the tier's chunks fill the disk: its cap is what it holds, no warning."""
+    [found] = findings(
+        "nvme-auto-capacity",
+        env=nvme_env(Path("/x")),
+        nvme=auto_nvme(4 * GB, 100 * GB, used=86 * GB),
+    )
+    assert found.level is Level.OK and "NVMe cap sized automatically: 80.00 GiB" in found.message
+
+
+def test_automatic_cap_only_for_the_native_engine_and_without_an_explicit_cap() -> None:
+    tiny = auto_nvme(3 * GB, 20 * GB)
+    assert findings("nvme-auto-capacity", env=nvme_env(Path("/x"), "1"), nvme=tiny) == []
+    env = {**nvme_env(Path("/x")), "ATOM_TIER_CONNECTOR": "lmcache"}
+    assert findings("nvme-auto-capacity", env=env, nvme=tiny) == []
+
+
+def test_stale_shm_segments_are_reported_with_size_and_an_exact_command() -> None:
+    stale = (ShmSegment("psm_0a1b2c3d", 300 * MIB, 100 * MIB), ShmSegment("psm_ffee", MIB, MIB))
+    shm = ShmFacts(Path("/dev/shm"), stale, in_use=2)
+    [found] = findings("shm-stale-segments", shm=shm)
+    assert found.level is Level.INFO
+    assert found.message.startswith(
+        "2 psm_* shared-memory segments in /dev/shm that no live process maps or holds open: "
+        "101.00 MiB of memory held (301.00 MiB in size)"
+    )
+    assert found.fix.startswith("rm -f /dev/shm/psm_0a1b2c3d /dev/shm/psm_ffee (only segments")
+    assert "could not be inspected" not in found.message
+
+
+def test_stale_shm_segments_say_when_some_processes_could_not_be_read() -> None:
+    shm = ShmFacts(Path("/dev/shm"), (ShmSegment("psm_1", MIB, MIB),), uninspected=7)
+    [found] = findings("shm-stale-segments", shm=shm)
+    assert "; 7 processes could not be inspected (reading" in found.message
+
+
+def test_no_stale_shm_segments_is_ok_and_no_scan_is_silent() -> None:
+    [found] = findings("shm-stale-segments", shm=ShmFacts(Path("/dev/shm"), (), in_use=3))
+    assert found.level is Level.OK and "3 in use" in found.message
+    assert findings("shm-stale-segments") == []

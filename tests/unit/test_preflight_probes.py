@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from atom_tier.preflight.probes import (
     probe_host_memory,
     probe_nvme,
     probe_platform_plugins,
+    probe_shm,
     probe_torch,
     probe_vllm,
 )
@@ -90,3 +93,96 @@ def test_installed_packages_of_this_machine() -> None:
     assert distributions_providing("aiter") == ()
     ours = [ep for ep in probe_platform_plugins() if ep.distribution == "atom-tier"]
     assert [ep.value for ep in ours] == ["atom_tier.plugin:register_platform"]
+
+
+MIB = 2**20
+# A child that maps the segment and closes its fd (libc's mmap: Python's mmap module keeps a
+# duplicate of the fd), or only holds it open, until its stdin closes.
+HOLDER = """
+import ctypes, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+if sys.argv[2] == "map":
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    address = libc.mmap(None, os.fstat(fd).st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    os.close(fd)
+    links = [os.path.realpath(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd")]
+    assert sys.argv[1] in open("/proc/self/maps").read() and sys.argv[1] not in links
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def make_segment(root: Path, size: int, written: int) -> Path:
+    """A psm_ segment file as Python's SharedMemory makes it: sized, partly written."""
+    path = root / f"psm_atomtiertest{secrets.token_hex(4)}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"x" * written, 0)
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.fixture
+def dev_shm_segment() -> Iterator[Path]:
+    """A 4 MiB segment with 1 MiB written, in the real /dev/shm; removed after the test."""
+    path = make_segment(Path("/dev/shm"), 4 * MIB, MIB)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def hold(path: Path, how: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def release(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+
+
+def stale_names(root: Path = Path("/dev/shm")) -> dict[str, tuple[int, int]]:
+    facts = probe_shm(root)
+    assert facts is not None
+    return {s.name: (s.size, s.allocated) for s in facts.stale}
+
+
+def test_shm_segment_mapped_by_a_live_process_is_not_stale(dev_shm_segment: Path) -> None:
+    child = hold(dev_shm_segment, "map")
+    try:
+        assert dev_shm_segment.name not in stale_names()
+    finally:
+        release(child)
+    # The child exited: nothing maps the segment any more, and it still holds its memory.
+    assert stale_names()[dev_shm_segment.name] == (4 * MIB, MIB)
+
+
+def test_shm_segment_held_open_but_not_mapped_is_not_stale(tmp_path: Path) -> None:
+    segment = make_segment(tmp_path, 2 * MIB, 2 * MIB)
+    child = hold(segment, "open")
+    try:
+        facts = probe_shm(tmp_path)
+        assert facts is not None and facts.stale == () and facts.in_use == 1
+    finally:
+        release(child)
+    assert stale_names(tmp_path) == {segment.name: (2 * MIB, 2 * MIB)}
+
+
+def test_shm_probe_lists_only_psm_files(tmp_path: Path) -> None:
+    make_segment(tmp_path, MIB, 0)
+    (tmp_path / "vllm_offload_x.mmap").write_bytes(b"y")
+    (tmp_path / "psm_dir").mkdir()
+    assert [name.startswith("psm_atomtiertest") for name in stale_names(tmp_path)] == [True]
+    assert probe_shm(tmp_path / "missing") is None
