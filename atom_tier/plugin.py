@@ -12,19 +12,20 @@ import os
 from atom_tier import __version__
 from atom_tier.lmcache.config import apply_lmcache_environment
 from atom_tier.log import get_logger
+from atom_tier.names import HASH_SEED
 from atom_tier.settings import load_foreign_env, load_settings
 
 logger = get_logger(__name__)
 
-# vLLM's prefix-cache hash root (and LMCache's chunk keys, chained from it) come from
-# PYTHONHASHSEED; unset, every process picks its own random root and nothing ever hits.
-DEFAULT_HASH_SEED = "0"
-
 
 def ensure_hash_seed() -> None:
-    """Fix PYTHONHASHSEED for this process's vLLM code and every process it spawns."""
+    """Fix PYTHONHASHSEED for this process's vLLM code and every process it spawns.
+
+    vLLM's prefix-cache hash root (and LMCache's chunk keys, chained from it) come from
+    PYTHONHASHSEED; unset, every process picks its own random root and nothing ever hits.
+    """
     if load_foreign_env().pythonhashseed is None:
-        os.environ["PYTHONHASHSEED"] = DEFAULT_HASH_SEED
+        os.environ["PYTHONHASHSEED"] = HASH_SEED
 
 
 def register_platform() -> str | None:

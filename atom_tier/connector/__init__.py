@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-CONNECTOR_NAME = "AtomTierConnector"
-CONNECTOR_MODULE = "atom_tier.connector.connector"
-SPEC_NAME = "AtomTierOffloadingSpec"
-SPEC_MODULE = "atom_tier.connector.spec"
+from atom_tier.names import CONNECTOR_MODULE, CONNECTOR_NAME, SPEC_MODULE, SPEC_NAME
 
 
 def register_connector() -> None:

@@ -17,8 +17,8 @@ import importlib.util
 import math
 from typing import Any
 
-from atom_tier.connector import SPEC_MODULE, SPEC_NAME
 from atom_tier.log import get_logger
+from atom_tier.names import SPEC_MODULE, SPEC_NAME
 from atom_tier.preflight.checks_connector import (
     device_share,
     dram_tier_bytes,

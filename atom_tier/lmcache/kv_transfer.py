@@ -23,6 +23,7 @@ from atom_tier.lmcache.config import (
     LMCacheConfig,
     lmcache_config,
 )
+from atom_tier.names import KV_ROLE, LMCACHE_CONNECTOR
 from atom_tier.preflight.checks_connector import (
     DramBudget,
     auto_dram_tier_bytes,
@@ -30,11 +31,6 @@ from atom_tier.preflight.checks_connector import (
     probe_dram_budget,
 )
 from atom_tier.settings import AtomTierSettings
-
-LMCACHE_CONNECTOR = "LMCacheConnectorV1"
-# LMCache's other vLLM connector (multi-process server mode); configured by its own server.
-LMCACHE_CONNECTORS = (LMCACHE_CONNECTOR, "LMCacheMPConnector")
-KV_ROLE = "kv_both"
 
 
 def local_workers(vllm_config: Any | None) -> int:

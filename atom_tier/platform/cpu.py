@@ -14,8 +14,9 @@ import torch
 from vllm.platforms.cpu import CpuPlatform
 from vllm.platforms.interface import CpuArchEnum
 
+from atom_tier.names import CONNECTOR_NAME
 from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
-from atom_tier.policy import CONNECTOR_NAME, GRAPH_PARTITION_TORCH, PlatformFacts
+from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig

@@ -2,7 +2,7 @@
 
 ``apply_config_platform_defaults`` → :func:`apply_defaults`: plan with :mod:`atom_tier.policy`,
 apply, log each change. ``check_and_update_config`` → :func:`check_and_report`: run preflight,
-log the feature block (:mod:`atom_tier.feature_report`), then stop start-up with every error
+log the feature block (:mod:`atom_tier.policy.report`), then stop start-up with every error
 and its fix. Both hooks run inside one ``VllmConfig.__post_init__``; the decisions made in the
 first are kept for the second, keyed by the config object.
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from atom_tier.feature_report import FeatureStatus, build_feature_report, log_block
 from atom_tier.log import get_logger
-from atom_tier.policy import Decision, PlatformFacts, apply_decisions, plan_defaults
+from atom_tier.policy import Decision, PlatformFacts, apply_decisions
+from atom_tier.policy.report import FeatureStatus, build_feature_report, log_block
 from atom_tier.settings import AtomTierSettings, load_foreign_env, load_settings
 
 logger = get_logger(__name__)
@@ -64,7 +64,13 @@ def apply_defaults(
     if earlier is not None:
         _PENDING[id(vllm_config)] = (vllm_config, None)
         return earlier
-    decisions = plan_defaults(settings, vllm_config, facts)
+    from atom_tier.lmcache.kv_transfer import lmcache_kv_transfer_config
+    from atom_tier.policy.plan import plan_defaults  # imports vLLM's config: not at import time
+
+    def lmcache_transfer() -> dict[str, Any]:
+        return lmcache_kv_transfer_config(settings, vllm_config)
+
+    decisions = plan_defaults(settings, vllm_config, facts, lmcache_transfer)
     for change in apply_decisions(vllm_config, decisions):
         logger.info("atom-tier set %s", change.describe())
     _record(vllm_config, decisions)

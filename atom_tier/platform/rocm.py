@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from vllm.platforms.rocm import RocmPlatform
 
+from atom_tier.names import CONNECTOR_NAME
 from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
-from atom_tier.policy import CONNECTOR_NAME, GRAPH_PARTITION_TORCH, PlatformFacts
+from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
 from atom_tier.settings import load_settings
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class AtomTierRocmPlatform(RocmPlatform):
         num_heads: int | None = None,
     ) -> tuple[list[tuple[AttentionBackendEnum, int]], dict[AttentionBackendEnum, list[str]]]:
         """vLLM's valid backends for the layer, re-ranked so AITER's come first."""
-        from atom_tier.policy_kernels import prefer_aiter_backends
+        from atom_tier.policy.kernels import prefer_aiter_backends
 
         valid, invalid = super().get_valid_backends(
             device_capability, attn_selector_config, num_heads

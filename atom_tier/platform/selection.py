@@ -18,7 +18,7 @@ raise "Only one platform plugin can be activated". Hence:
 
 On activation the variables AITER and vLLM read at *import time* in processes spawned later
 are put into ``os.environ`` with set-if-absent semantics (an operator's explicit value wins):
-see :func:`atom_tier.policy_env.import_time_env`.
+see :func:`atom_tier.policy.env.import_time_env`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 from atom_tier.log import get_logger
-from atom_tier.policy_env import import_time_env
+from atom_tier.policy.env import import_time_env
 from atom_tier.preflight.checks_environment import conflicting_platform_plugin
 from atom_tier.preflight.context import EntryPoint
 from atom_tier.settings import AtomTierSettings, ForeignEnv

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atom_tier.names import CONNECTOR_NAME
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import GIB, AtomTierSettings
@@ -33,7 +34,6 @@ from atom_tier.sizes import gb_setting, human_size
 
 gib = human_size  # the one size formatter, under the name connector/config.py imports
 
-CONNECTOR_NAME = "AtomTierConnector"
 # Automatic DRAM tier: this share of the memory the host (or the container's cgroup) allows,
 # times the share of the node's GPUs this server uses, at most this share of /dev/shm (where
 # vLLM's shared region lives).

@@ -27,17 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from atom_tier.lmcache.config import LMCacheConfigError
-from atom_tier.lmcache.kv_transfer import (
-    LMCACHE_CONNECTORS,
-    hash_algorithm,
-    resolve_lmcache_config,
-)
+from atom_tier.lmcache.kv_transfer import hash_algorithm, resolve_lmcache_config
 from atom_tier.lmcache.native_ops import (
     NativeOps,
     OpsBuild,
     cuda_only_distributions,
     probe_native_ops,
 )
+from atom_tier.names import LMCACHE_CONNECTORS
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import ConnectorEngine

@@ -18,7 +18,7 @@ import pytest
 from finding_codes import finding_codes
 
 from atom_tier.cli.settings_table import README_BEGIN, README_END, markdown_table
-from atom_tier.policy_env import import_time_env
+from atom_tier.policy.env import import_time_env
 from atom_tier.preflight import CHECK_MODULES
 from atom_tier.settings import load_settings
 

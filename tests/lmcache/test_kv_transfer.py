@@ -11,13 +11,13 @@ from lmcache_helpers import settings_of
 
 from atom_tier.lmcache.config import GIB, LMCacheConfigError
 from atom_tier.lmcache.kv_transfer import (
-    LMCACHE_CONNECTOR,
     hash_algorithm,
     lmcache_kv_transfer_config,
     local_workers,
     probe_host_share,
     resolve_lmcache_config,
 )
+from atom_tier.names import LMCACHE_CONNECTOR
 
 BuildConfig = Callable[..., Any]
 

@@ -25,9 +25,9 @@ import vllm.platforms
 from vllm.engine.arg_utils import EngineArgs
 from vllm.platforms.cpu import CpuPlatform
 
-from atom_tier.feature_report import FeatureStatus
 from atom_tier.platform import delegate
 from atom_tier.policy import Decision, PlatformFacts
+from atom_tier.policy.report import FeatureStatus
 from atom_tier.settings import load_settings
 
 # A ROCm MI300X as atom-tier's policy sees it, AITER installed and enabled (a double: no GPU).

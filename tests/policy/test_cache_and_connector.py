@@ -10,7 +10,7 @@ import pytest
 from vllm.config.compilation import CUDAGraphMode
 from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 
-from atom_tier.policy import CONNECTOR_NAME
+from atom_tier.names import CONNECTOR_NAME
 from tests.policy.conftest import CPU_FACTS, ROCM_FACTS, BuildConfig, with_facts
 
 

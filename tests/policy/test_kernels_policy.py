@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from atom_tier.policy_env import AITER_QUICK_REDUCE, import_time_env
-from atom_tier.policy_kernels import prefer_aiter_backends
+from atom_tier.policy.env import AITER_QUICK_REDUCE, import_time_env
+from atom_tier.policy.kernels import prefer_aiter_backends
 from atom_tier.settings import QuickReduce, load_settings
 from tests.policy.conftest import CPU_FACTS, ROCM_FACTS, BuildConfig, with_facts
 

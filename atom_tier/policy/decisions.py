@@ -1,30 +1,9 @@
-"""atom-tier's configuration policy: what to change in vLLM's config, and why.
+"""The policy's vocabulary: the facts it decides from, its decisions and their changes.
 
-Pure functions of three inputs — atom-tier's settings, vLLM's ``VllmConfig`` as the platform
-hook sees it, and :class:`PlatformFacts` (what only the platform knows: static graphs, AITER,
-fp8) — returning :class:`Decision` objects: one per feature, active or not, with the reason and
-the :class:`Change` list that makes it so. Nothing here reads the environment or imports a
-platform module; the platform classes (``atom_tier.platform``) gather the facts, call
-:func:`plan_defaults` from ``apply_config_platform_defaults``, and :func:`apply_decisions`.
-
-Where the rules live: CUDA graphs in :mod:`atom_tier.policy_graphs`; KV cache dtype, prefix
-caching, async scheduling and the tiered connector in :mod:`atom_tier.policy_cache`; AITER
-attention, the fused QK-norm/RoPE/KV-cache pass and import-time environment in
-:mod:`atom_tier.policy_kernels`.
-
-Import rule: this module, :mod:`atom_tier.policy_cache`, :mod:`atom_tier.policy_kernels` and
-:mod:`atom_tier.policy_env` import nothing from vLLM at import time (they do inside functions).
-The platform classes import them while vLLM is still resolving its platform, and importing
-``vllm.config`` then would start a second, nested resolution (tested in
-tests/platform/test_cpu_platform.py). :mod:`atom_tier.policy_graphs` imports vLLM's enums and
-is only imported from inside functions.
-
-Why everything happens in ``apply_config_platform_defaults``: ``VllmConfig.__post_init__`` runs
-``enforce_eager`` handling, then that hook, then fills still-unset fields from the optimization
-level, then sizes CUDA graph captures (static-graph platforms), then ``check_and_update_config``.
-Changing graph and pass settings in the first hook lets vLLM derive everything downstream
-(capture sizes, splitting ops, compile ranges) exactly as for a user who had asked for them;
-``check_and_update_config`` only reports the outcome and runs preflight.
+:class:`PlatformFacts` is what only the platform knows (static graphs, AITER, fp8);
+:class:`Decision` is one feature, active or not, with the reason and the :class:`Change` list
+that makes it so; :func:`apply_decisions` makes the changes on a ``VllmConfig``. Nothing here
+imports vLLM (see :mod:`atom_tier.policy`).
 """
 
 from __future__ import annotations
@@ -33,9 +12,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atom_tier.settings import AtomTierSettings
-
-CONNECTOR_NAME = "AtomTierConnector"
 # Inductor graph partition (needed by the fused QK-norm/RoPE/KV-cache pass) needs this torch.
 GRAPH_PARTITION_TORCH = "2.9.0.dev"
 
@@ -124,31 +100,3 @@ def apply_decisions(config: Any, decisions: Sequence[Decision]) -> list[Change]:
     for decision in decisions:
         made.extend(apply_changes(config, decision.changes))
     return made
-
-
-def plan_defaults(settings: AtomTierSettings, config: Any, facts: PlatformFacts) -> list[Decision]:
-    """Every feature's decision, for ``apply_config_platform_defaults``.
-
-    The config is the one vLLM passes to that hook (see the module docstring for what is
-    already resolved then). Nothing is changed here: call :func:`apply_decisions`.
-    """
-    # Imported here so the core types above stay importable without vLLM (doctor, tests of
-    # the report), while the rules need vLLM's config enums.
-    from atom_tier.policy_cache import (
-        decide_connector,
-        decide_kv_cache_dtype,
-        decide_prefix_caching,
-    )
-    from atom_tier.policy_graphs import decide_cuda_graphs
-    from atom_tier.policy_kernels import decide_attention, decide_fused_qk_norm_rope
-
-    graphs = decide_cuda_graphs(settings, config, facts)
-    connector = decide_connector(settings, config, facts)
-    return [
-        graphs,
-        decide_kv_cache_dtype(settings, config, facts),
-        decide_prefix_caching(config),
-        connector,
-        decide_attention(config, facts, connector_planned=connector.active),
-        decide_fused_qk_norm_rope(settings, config, facts, graphs),
-    ]

@@ -35,7 +35,7 @@ from typing import Any
 
 from vllm.config.compilation import CompilationMode, CUDAGraphMode
 
-from atom_tier.policy import Change, Decision, PlatformFacts
+from atom_tier.policy.decisions import Change, Decision, PlatformFacts
 from atom_tier.settings import AtomTierSettings
 
 FEATURE = "cuda_graphs"

@@ -19,20 +19,20 @@ Choices where the issue was silent:
   vLLM's factory (by atom-tier's general plugin): otherwise vLLM would fail to build it (on
   graph platforms already inside ``VllmConfig``), so atom-tier steps aside and says why.
 - Engine ``lmcache``: vLLM's own ``LMCacheConnectorV1`` (registered by vLLM itself), with
-  LMCache's configuration translated from atom-tier's settings by
-  :func:`atom_tier.lmcache.kv_transfer.lmcache_kv_transfer_config`; settings that leave LMCache
-  no tier stop start-up with the setting named.
+  LMCache's configuration translated from atom-tier's settings by the ``lmcache_transfer``
+  builder the platform passes in (:func:`atom_tier.lmcache.kv_transfer.lmcache_kv_transfer_config`:
+  it probes host memory and disks, which policy does not); settings that leave LMCache no tier
+  stop start-up with the setting named.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from atom_tier.lmcache.kv_transfer import LMCACHE_CONNECTOR, lmcache_kv_transfer_config
-from atom_tier.policy import CONNECTOR_NAME, Change, Decision, PlatformFacts
+from atom_tier.names import CONNECTOR_NAME, KV_ROLE, LMCACHE_CONNECTOR
+from atom_tier.policy.decisions import Change, Decision, PlatformFacts
 from atom_tier.settings import AtomTierSettings, ConnectorEngine, KvCacheDtype
-
-KV_ROLE: Final = "kv_both"
 
 
 def _has_model_config_hook(model: Any) -> bool:
@@ -125,8 +125,17 @@ def describe_async_scheduling(config: Any, facts: PlatformFacts) -> tuple[bool, 
     )
 
 
-def decide_connector(settings: AtomTierSettings, config: Any, facts: PlatformFacts) -> Decision:
-    """The tiered connector when no connector was configured and the engine is not off."""
+def decide_connector(
+    settings: AtomTierSettings,
+    config: Any,
+    facts: PlatformFacts,
+    lmcache_transfer: Callable[[], Mapping[str, Any]],
+) -> Decision:
+    """The tiered connector when no connector was configured and the engine is not off.
+
+    ``lmcache_transfer`` builds LMCache's ``kv_transfer_config``; called only when the
+    ``lmcache`` engine is chosen and nothing else was configured.
+    """
     feature = "kv_connector"
     engine = settings.connector
     kv = config.kv_transfer_config
@@ -144,7 +153,7 @@ def decide_connector(settings: AtomTierSettings, config: Any, facts: PlatformFac
     from vllm.config import KVTransferConfig
 
     if engine == ConnectorEngine.LMCACHE:
-        lmcache = KVTransferConfig(**lmcache_kv_transfer_config(settings, config))
+        lmcache = KVTransferConfig(**lmcache_transfer())
         return Decision(
             feature,
             True,

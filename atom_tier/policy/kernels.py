@@ -1,7 +1,7 @@
 """AITER policy: attention backend preference and the fused QK-norm/RoPE/KV-cache pass.
 
 The import-time environment (``VLLM_ROCM_USE_AITER``, quick all-reduce) is in
-:mod:`atom_tier.policy_env`, which must stay importable without vLLM.
+:mod:`atom_tier.policy.env`, which must stay importable without vLLM.
 
 Attention: vLLM's ROCm selector puts ``ROCM_ATTN`` first unless a KV connector is configured
 (then it skips it), and AITER's backends only follow. With AITER enabled atom-tier moves
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from atom_tier.policy import Change, Decision, PlatformFacts
+from atom_tier.policy.decisions import Change, Decision, PlatformFacts
 from atom_tier.settings import AtomTierSettings, ForeignEnv
 
 QUICK_REDUCE_TP_SIZES = (2, 4, 8)
@@ -88,7 +88,7 @@ def decide_fused_qk_norm_rope(
     """AITER's fused QK-norm + RoPE + KV-cache pass where the model and compile allow it."""
     import torch
 
-    from atom_tier.policy_graphs import compile_enabled_after
+    from atom_tier.policy.graphs import compile_enabled_after
 
     feature = "fused_qk_norm_rope_kvcache"
     flag = "compilation_config.pass_config.fuse_qk_norm_rope_kvcache"

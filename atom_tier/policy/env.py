@@ -16,9 +16,9 @@ the same 8 bits on the wire and the closest accuracy/bandwidth trade-off AITER o
 
 from __future__ import annotations
 
+from atom_tier.names import HASH_SEED
 from atom_tier.settings import AtomTierSettings, QuickReduce
 
-HASH_SEED = "0"
 AITER_QUICK_REDUCE = {
     QuickReduce.INT4: "INT4",
     QuickReduce.INT6: "INT6",

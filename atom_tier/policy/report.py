@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atom_tier import __version__
-from atom_tier.policy import Decision, PlatformFacts
+from atom_tier.policy.decisions import Decision, PlatformFacts
 from atom_tier.preflight.findings import Finding, Level
 from atom_tier.settings import AtomTierSettings, ForeignEnv
 
@@ -62,13 +62,13 @@ def build_feature_report(
     env: ForeignEnv,
 ) -> list[FeatureStatus]:
     """One status per feature in FEATURES, from the final config and the decisions made."""
-    from atom_tier.policy_cache import (
+    from atom_tier.policy.cache import (
         describe_async_scheduling,
         describe_connector,
         describe_prefix_caching,
     )
-    from atom_tier.policy_graphs import describe_graphs
-    from atom_tier.policy_kernels import (
+    from atom_tier.policy.graphs import describe_graphs
+    from atom_tier.policy.kernels import (
         describe_aiter,
         describe_fused_qk_norm_rope,
         describe_quick_reduce,
