@@ -15,6 +15,7 @@ from vllm.platforms.cpu import CpuPlatform
 from vllm.platforms.interface import CpuArchEnum
 
 from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
+from atom_tier.platform.startup import stops_start_up
 from atom_tier.policy import CONNECTOR_NAME, GRAPH_PARTITION_TORCH, PlatformFacts
 
 if TYPE_CHECKING:
@@ -47,9 +48,11 @@ class AtomTierCpuPlatform(CpuPlatform):
     @classmethod
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
         super().apply_config_platform_defaults(vllm_config)
-        apply_defaults(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            apply_defaults(vllm_config, cls.atom_tier_facts())
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         super().check_and_update_config(vllm_config)
-        check_and_report(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            check_and_report(vllm_config, cls.atom_tier_facts())
