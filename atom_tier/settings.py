@@ -188,7 +188,8 @@ class AtomTierSettings(_EnvSettings):
         256,
         gt=0,
         validation_alias=_env("CHUNK_TOKENS", "LMCACHE_CHUNK_SIZE"),
-        description="Tokens per offloaded chunk (a multiple of vLLM's block size).",
+        description="Tokens per offloaded chunk: a multiple of vLLM's KV block size (by "
+        "default 16 tokens on GPUs, 128 on CPU), checked when the server's config is built.",
     )
     save_decode: bool = Field(
         False,
