@@ -1,12 +1,13 @@
 """How atom-tier's start-up errors and warnings reach the operator of a starting vLLM.
 
-A bad setting (:class:`SettingsError`) or a preflight error (:class:`PreflightError`) is raised
-inside code vLLM calls while it starts: the general plugin (while vLLM builds its argument
-parser), the platform plugin (while vLLM resolves its platform) and the platform hooks (inside
-``VllmConfig.__post_init__``). Left alone, each reaches the operator under a traceback through
-vLLM's, asyncio's and pydantic's frames (17 lines for a setting, about 47 for preflight).
+A bad setting (:class:`SettingsError`), a preflight error (:class:`PreflightError`) or settings
+the ``lmcache`` engine cannot run with (:class:`LMCacheConfigError`) are raised inside code vLLM
+calls while it starts: the platform plugin (while vLLM resolves its platform), the general
+plugin (while vLLM builds its argument parser) and the platform hooks (inside
+``VllmConfig.__post_init__``). Raised as they are, each would reach the operator under a
+traceback through vLLM's, asyncio's and pydantic's frames.
 
-:func:`stops_start_up` wraps those calls and turns the two errors into ``SystemExit`` carrying
+:func:`stops_start_up` wraps those calls and turns these errors into ``SystemExit`` carrying
 one block: what is wrong (variable, value, what is allowed) and the fix. vLLM's start path
 catches ``Exception`` where it catches anything, never ``SystemExit``, so the interpreter ends
 the process with status 1 and prints the block alone. The errors stay ordinary exceptions
@@ -19,6 +20,7 @@ import multiprocessing
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from atom_tier.lmcache.config import LMCacheConfigError
 from atom_tier.log import get_logger
 from atom_tier.preflight import PreflightError
 from atom_tier.preflight.checks_environment import unknown_setting_findings
@@ -60,7 +62,7 @@ def preflight_block(error: PreflightError) -> str:
 
 @contextmanager
 def stops_start_up() -> Iterator[None]:
-    """Around an entry point or hook vLLM calls: a bad setting or a preflight error ends the
+    """Around an entry point or hook vLLM calls: a configuration error of atom-tier's ends the
     process with its block on stderr and status 1, without a traceback."""
     try:
         yield
@@ -68,6 +70,9 @@ def stops_start_up() -> Iterator[None]:
         raise SystemExit(settings_block(error)) from None
     except PreflightError as error:
         raise SystemExit(preflight_block(error)) from None
+    except LMCacheConfigError as error:  # the lmcache engine's settings, while planning
+        block = f"{HEADER}: the lmcache engine cannot be configured\n- {error.problem}"
+        raise SystemExit(f"{block}\n  fix: {error.fix}") from None
 
 
 _warned: set[str] = set()
