@@ -35,15 +35,22 @@ def register_platform() -> str | None:
     environment live in atom_tier.platform.selection.
     """
     from atom_tier.platform.selection import register_platform as select_platform
+    from atom_tier.platform.startup import stops_start_up
 
-    return select_platform()
+    with stops_start_up():  # a bad variable ends vLLM here: one block, no traceback
+        platform = select_platform()
+    return platform
 
 
 def register() -> None:
     """vllm.general_plugins: hash seed and connector registration, in every vLLM process."""
-    settings = load_settings()  # a bad variable stops vLLM here, with the variable named
+    from atom_tier.platform.startup import stops_start_up, warn_unknown_settings
+
+    with stops_start_up():  # a bad variable ends vLLM here: one block, no traceback
+        settings = load_settings()
     if settings.disable:
         return
+    warn_unknown_settings()
     ensure_hash_seed()
     # LMCache reads its telemetry switch only from the environment; set it (off unless the
     # operator asked) in every process, whether or not LMCache is used.

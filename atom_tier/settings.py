@@ -11,6 +11,7 @@ atom-tier consults).  Modules may still *set* variables that AITER/vLLM read at 
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -27,7 +28,14 @@ GIB = 1024**3
 
 
 class SettingsError(ValueError):
-    """A variable holds a value atom-tier cannot use; the message names it and what is allowed."""
+    """A variable holds a value atom-tier cannot use; the message names it and what is allowed.
+
+    ``problems``: (variable, what is wrong with it) for each bad variable.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(text for _, text in problems))
+        self.problems = problems
 
 
 class QuickReduce(str, Enum):
@@ -188,7 +196,8 @@ class AtomTierSettings(_EnvSettings):
         256,
         gt=0,
         validation_alias=_env("CHUNK_TOKENS", "LMCACHE_CHUNK_SIZE"),
-        description="Tokens per offloaded chunk (a multiple of vLLM's block size).",
+        description="Tokens per offloaded chunk: a multiple of vLLM's KV block size (by "
+        "default 16 tokens on GPUs, 128 on CPU), checked when the server's config is built.",
     )
     save_decode: bool = Field(
         False,
@@ -295,6 +304,12 @@ def _source_variable(field: str, environ: Mapping[str, str]) -> str:
     return names[0] if names else ENV_PREFIX + field.upper()
 
 
+def variable_of(field: str, environ: Mapping[str, str] | None = None) -> str:
+    """The variable a setting was read from (its ATOM_TIER_ name when none is set), for
+    messages that tell the operator which variable to change."""
+    return _source_variable(field, os.environ if environ is None else environ)
+
+
 def _allowed(field: str) -> str:
     annotation = AtomTierSettings.model_fields[field].annotation
     for candidate in getattr(annotation, "__args__", (annotation,)):
@@ -342,13 +357,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> AtomTierSettings:
         for error in exc.errors():
             field_name = _field_of(str(error["loc"][0]))
             if field_name not in AtomTierSettings.model_fields:
-                problems.append(f"{field_name}: {error['msg']}")
+                problems.append((field_name, f"{field_name}: {error['msg']}"))
                 continue
             variable = _source_variable(field_name, env)
             value = error.get("input")
             allowed = _allowed(field_name)
-            problems.append(f"{variable}={value!r} is not valid: expected {allowed}")
-        raise SettingsError("; ".join(problems)) from None
+            problems.append((variable, f"{variable}={value!r} is not valid: expected {allowed}"))
+        raise SettingsError(problems) from None
 
 
 def load_foreign_env(environ: Mapping[str, str] | None = None) -> ForeignEnv:
@@ -373,3 +388,19 @@ def settings_fields() -> list[tuple[str, list[str], str, str]]:
             shown = str(shown).lower()
         rows.append((names[0], names[1:], str(shown), field.description or ""))
     return rows
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """``ATOM_TIER_*`` variables that name no setting (a misspelling would be ignored without a
+    word) -> the closest setting's variable, or None. Case is ignored, as when reading."""
+    env = os.environ if environ is None else environ
+    # Compared without the prefix, which every candidate shares and would make all look close.
+    names = [name for row in settings_fields() for name in (row[0], *row[1])]
+    known = [name.removeprefix(ENV_PREFIX) for name in names if name.startswith(ENV_PREFIX)]
+    unknown: dict[str, str | None] = {}
+    for name in sorted(env):
+        suffix = name.upper().removeprefix(ENV_PREFIX)
+        if name.upper().startswith(ENV_PREFIX) and suffix not in known:
+            close = difflib.get_close_matches(suffix, known, n=1, cutoff=0.6)
+            unknown[name] = ENV_PREFIX + close[0] if close else None
+    return unknown

@@ -20,12 +20,15 @@ from typing import Any
 from atom_tier.log import get_logger
 from atom_tier.names import SPEC_MODULE, SPEC_NAME
 from atom_tier.preflight.checks_connector import (
+    chunk_tokens_finding,
+    connector_engine_finding,
     device_share,
     dram_tier_bytes,
     gib,
     probe_dram_budget,
 )
-from atom_tier.settings import AtomTierSettings, ConnectorEngine
+from atom_tier.preflight.findings import Level
+from atom_tier.settings import AtomTierSettings
 from atom_tier.tiers.model_identity import numerics_digest
 
 logger = get_logger(__name__)
@@ -41,19 +44,21 @@ class ConnectorConfigError(ValueError):
 def resolve_chunk_tokens(settings: AtomTierSettings, block_size: int) -> int:
     """Tokens per offloaded chunk: ``chunk_tokens``, a whole number of vLLM blocks.
 
-    An explicit ATOM_TIER_CHUNK_TOKENS that does not divide into blocks is an error; the
-    default is rounded up to the next multiple instead (large-block models).
+    Preflight refuses an explicit ATOM_TIER_CHUNK_TOKENS that does not divide into blocks when
+    the config is built; this repeats it with the block size the worker ended up with (a GPU
+    attention backend may change it). The default is rounded up instead (large-block models).
     """
-    chunk = settings.chunk_tokens
-    if chunk % block_size == 0:
-        return chunk
-    rounded = math.ceil(chunk / block_size) * block_size
-    if "chunk_tokens" in settings.model_fields_set:
-        raise ConnectorConfigError(
-            f"ATOM_TIER_CHUNK_TOKENS={chunk} is not a multiple of vLLM's KV block size "
-            f"({block_size} tokens): use {rounded}"
+    finding = chunk_tokens_finding(settings, block_size, "the block size this worker uses")
+    if finding.level is Level.ERROR:
+        raise ConnectorConfigError(f"{finding.message}; fix: {finding.fix}")
+    rounded = math.ceil(settings.chunk_tokens / block_size) * block_size
+    if rounded != settings.chunk_tokens:
+        logger.info(
+            "Chunk size %d tokens rounded up to %d (block size %d)",
+            settings.chunk_tokens,
+            rounded,
+            block_size,
         )
-    logger.info("Chunk size %d tokens rounded up to %d (block size %d)", chunk, rounded, block_size)
     return rounded
 
 
@@ -104,12 +109,9 @@ def secondary_tiers(
 
 def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:
     """The extra-config keys atom-tier's settings ask for."""
-    if settings.connector is not ConnectorEngine.NATIVE:
-        raise ConnectorConfigError(
-            f"--kv-transfer-config names AtomTierConnector (the native engine) but "
-            f"ATOM_TIER_CONNECTOR={settings.connector.value}: set ATOM_TIER_CONNECTOR=native "
-            "or remove AtomTierConnector from --kv-transfer-config"
-        )
+    mismatch = connector_engine_finding(settings)
+    if mismatch is not None:
+        raise ConnectorConfigError(f"{mismatch.message}; fix: {mismatch.fix}")
     dram = dram_tier_bytes(settings, probe_dram_budget(), device_share(vllm_config))
     if dram <= 0:
         raise ConnectorConfigError(

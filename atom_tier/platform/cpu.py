@@ -16,6 +16,7 @@ from vllm.platforms.interface import CpuArchEnum
 
 from atom_tier.names import CONNECTOR_NAME
 from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
+from atom_tier.platform.startup import stops_start_up
 from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
 
 if TYPE_CHECKING:
@@ -48,9 +49,11 @@ class AtomTierCpuPlatform(CpuPlatform):
     @classmethod
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
         super().apply_config_platform_defaults(vllm_config)
-        apply_defaults(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            apply_defaults(vllm_config, cls.atom_tier_facts())
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         super().check_and_update_config(vllm_config)
-        check_and_report(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            check_and_report(vllm_config, cls.atom_tier_facts())

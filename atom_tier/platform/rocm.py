@@ -13,6 +13,7 @@ from vllm.platforms.rocm import RocmPlatform
 
 from atom_tier.names import CONNECTOR_NAME
 from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
+from atom_tier.platform.startup import stops_start_up
 from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
 from atom_tier.settings import load_settings
 
@@ -57,12 +58,14 @@ class AtomTierRocmPlatform(RocmPlatform):
         # re-read them in case that happened before selection set VLLM_ROCM_USE_AITER.
         rocm_aiter_ops.refresh_env_variables()
         super().apply_config_platform_defaults(vllm_config)
-        apply_defaults(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            apply_defaults(vllm_config, cls.atom_tier_facts())
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         super().check_and_update_config(vllm_config)
-        check_and_report(vllm_config, cls.atom_tier_facts())
+        with stops_start_up():
+            check_and_report(vllm_config, cls.atom_tier_facts())
 
     @classmethod
     def get_valid_backends(

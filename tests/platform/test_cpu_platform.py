@@ -99,3 +99,36 @@ def test_explicit_kv_transfer_config_is_kept(cpu_platform: Any, tiny_model_dir: 
     given = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both"}
     config = EngineArgs(model=str(tiny_model_dir), kv_transfer_config=given).create_engine_config()
     assert config.kv_transfer_config.kv_connector == "OffloadingConnector"
+
+
+def test_settings_error_in_the_config_hook_ends_start_up_with_one_block(
+    cpu_platform: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk size is refused while vLLM builds the config (before any weights load), as
+    SystemExit carrying the block: vLLM's start path lets it through, without a traceback."""
+    monkeypatch.setenv("ATOM_TIER_CHUNK_TOKENS", "100")
+    with pytest.raises(SystemExit) as stopped:
+        EngineArgs(model=str(tiny_model_dir), max_num_seqs=9).create_engine_config()
+    block = str(stopped.value.code).splitlines()
+    assert block[0] == "atom-tier: vLLM not started: preflight found 1 error"
+    assert block[1].startswith("- [chunk-tokens] ATOM_TIER_CHUNK_TOKENS=100 is not a multiple")
+    assert "128 tokens (this server's block size)" in block[1]
+    assert block[2].startswith("  fix: set ATOM_TIER_CHUNK_TOKENS=128 ")
+
+
+def test_lmcache_engine_without_a_tier_ends_start_up_with_one_block(
+    cpu_platform: Any, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused while the policy plans the connector (apply_config_platform_defaults)."""
+    monkeypatch.setenv("ATOM_TIER_CONNECTOR", "lmcache")
+    monkeypatch.setenv("ATOM_TIER_DRAM_GB", "0")
+    monkeypatch.delenv("ATOM_TIER_NVME_PATH", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        EngineArgs(model=str(tiny_model_dir), max_num_seqs=11).create_engine_config()
+    block = str(stopped.value.code).splitlines()
+    assert block[0] == "atom-tier: vLLM not started: the lmcache engine cannot be configured"
+    assert block[1].startswith("- the lmcache engine has no tier to keep KV in")
+    assert "ATOM_TIER_DRAM_GB=0.0" in block[1]
+    assert block[2] == "  fix: give ATOM_TIER_DRAM_GB or ATOM_TIER_NVME_PATH a size, or set " + (
+        "ATOM_TIER_CONNECTOR=off"
+    )

@@ -129,3 +129,23 @@ def test_doctor_names_a_stale_shm_segment_and_deletes_nothing() -> None:
         assert "info  shm-stale-segments" in text and "fix: rm -f /dev/shm/psm_" in text
     finally:
         segment.unlink()
+
+
+def test_doctor_refuses_a_chunk_size_of_partial_blocks() -> None:
+    result = doctor("--json", env={"PYTHONHASHSEED": "0", "ATOM_TIER_CHUNK_TOKENS": "100"})
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    [chunk] = [f for f in data["findings"] if f["code"] == "chunk-tokens"]
+    assert chunk["level"] == "error"
+    # This machine's vLLM is the CPU build: its default block is 128 tokens.
+    refused = "ATOM_TIER_CHUNK_TOKENS=100 is not a multiple of vLLM's KV block size, 128"
+    assert refused in chunk["message"]
+    assert chunk["fix"].startswith("set ATOM_TIER_CHUNK_TOKENS=128 ")
+
+
+def test_doctor_warns_about_a_misspelled_setting() -> None:
+    result = doctor(env={"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_G": "5"})
+    assert result.returncode == 0, result.stdout
+    assert "WARN  unknown-setting" in result.stdout
+    assert "ATOM_TIER_DRAM_G is not an atom-tier setting" in result.stdout
+    assert "fix: rename it to ATOM_TIER_DRAM_GB" in result.stdout

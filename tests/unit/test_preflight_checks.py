@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from atom_tier.preflight import build_context, run_preflight
+from atom_tier.preflight.checks_environment import UNKNOWN_SETTINGS_KEY
 from atom_tier.preflight.context import (
     CheckContext,
     EntryPoint,
@@ -340,3 +341,63 @@ def test_no_stale_shm_segments_is_ok_and_no_scan_is_silent() -> None:
     [found] = findings("shm-stale-segments", shm=ShmFacts(Path("/dev/shm"), (), in_use=3))
     assert found.level is Level.OK and "3 in use" in found.message
     assert findings("shm-stale-segments") == []
+
+
+def unknown_findings(unknown: dict[str, str | None]) -> list[Finding]:
+    ctx = CheckContext(
+        settings=load_settings({}),
+        env=load_foreign_env({"PYTHONHASHSEED": "0"}),
+        facts=cpu_facts(),
+        extra={UNKNOWN_SETTINGS_KEY: unknown},
+    )
+    return [f for f in run_preflight(ctx) if f.code == "unknown-setting"]
+
+
+def test_unknown_setting_warns_with_the_closest_setting() -> None:
+    [found] = unknown_findings({"ATOM_TIER_DRAM_G": "ATOM_TIER_DRAM_GB"})
+    assert found.level is Level.WARNING
+    assert "ATOM_TIER_DRAM_G is not an atom-tier setting" in found.message
+    assert "ATOM_TIER_DRAM_GB" in found.message and found.fix == "rename it to ATOM_TIER_DRAM_GB"
+    [far] = unknown_findings({"ATOM_TIER_FROBNICATE": None})
+    assert far.level is Level.WARNING and "atom-tier settings" in far.fix
+    assert levels(unknown_findings({})) == [Level.OK]
+
+
+def test_unknown_setting_read_from_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ATOM_TIER_DRAM_G", "5")
+    found = [f for f in run_preflight(build_context()) if f.code == "unknown-setting"]
+    assert levels(found) == [Level.WARNING] and "ATOM_TIER_DRAM_GB" in found[0].message
+
+
+@pytest.mark.parametrize(
+    ("chunk", "torch", "level"),
+    [
+        ("100", TorchBuild(version="2.13.0+cpu"), Level.ERROR),
+        ("64", TorchBuild(version="2.13.0+cpu"), Level.ERROR),  # CPU blocks are 128 tokens
+        ("384", TorchBuild(version="2.13.0+cpu"), Level.OK),
+        ("64", TorchBuild(version="2.9.0+rocm", hip="6.4"), Level.OK),  # fake ROCm: 16
+        ("100", TorchBuild(version="2.9.0+rocm", hip="6.4"), Level.ERROR),
+    ],
+)
+def test_doctor_checks_chunk_tokens_against_the_default_block_size(
+    chunk: str, torch: TorchBuild, level: Level
+) -> None:
+    [found] = findings("chunk-tokens", env={"ATOM_TIER_CHUNK_TOKENS": chunk}, torch=torch)
+    assert found.level is level
+    block = 128 if torch.kind == "cpu" else 16
+    assert f"{block} tokens (vLLM's default on" in found.message
+    assert "--block-size N" in found.message
+    if level is Level.ERROR:
+        assert f"ATOM_TIER_CHUNK_TOKENS={chunk} is not a multiple" in found.message
+        proposed = int(found.fix.split("=")[1].split()[0])
+        assert proposed % block == 0 and proposed > int(chunk) > proposed - block
+
+
+def test_chunk_tokens_default_is_rounded_not_refused_and_other_engines_skip_it() -> None:
+    [default] = findings("chunk-tokens")
+    assert default.level is Level.OK and "256 tokens" in default.message
+    assert findings("chunk-tokens", env={"ATOM_TIER_CONNECTOR": "lmcache"}) == []
+    off = {"ATOM_TIER_CONNECTOR": "off", "ATOM_TIER_CHUNK_TOKENS": "100"}
+    assert findings("chunk-tokens", env=off) == []

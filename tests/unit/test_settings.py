@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from atom_tier.settings import (
     load_foreign_env,
     load_settings,
     settings_fields,
+    unknown_variables,
+    variable_of,
 )
 
 # (variable, raw value, field, parsed value): one row per ATOM_TIER_* variable.
@@ -169,3 +172,48 @@ def test_settings_fields_lists_every_variable() -> None:
     fallbacks = {f for row in rows for f in row[1]}
     assert fallbacks == {case[0] for case in FALLBACK_CASES}
     assert all(row[3] for row in rows), "every setting needs a description"
+
+
+def test_bad_values_are_listed_per_variable() -> None:
+    with pytest.raises(SettingsError) as failed:
+        load_settings({"ATOM_TIER_EVICTION": "fifo", "LMCACHE_CHUNK_SIZE": "2.5"})
+    variables = {variable for variable, _ in failed.value.problems}
+    assert variables == {"ATOM_TIER_EVICTION", "LMCACHE_CHUNK_SIZE"}
+    for variable, text in failed.value.problems:
+        assert text.startswith(f"{variable}=") and text in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"ATOM_TIER_DRAM_G": "5"}, {"ATOM_TIER_DRAM_G": "ATOM_TIER_DRAM_GB"}),
+        ({"ATOM_TIER_CPU_PLATFROM": "1"}, {"ATOM_TIER_CPU_PLATFROM": "ATOM_TIER_CPU_PLATFORM"}),
+        ({"ATOM_TIER_DISABLED": "1"}, {"ATOM_TIER_DISABLED": "ATOM_TIER_DISABLE"}),
+        ({"ATOM_TIER_FROBNICATE": "1"}, {"ATOM_TIER_FROBNICATE": None}),
+        # Known names in any case (reading ignores case), other prefixes: not reported.
+        ({"atom_tier_dram_gb": "5", "LMCACHE_CHUNK_SIZE": "256", "VLLM_X": "1"}, {}),
+    ],
+)
+def test_unknown_atom_tier_variables_name_the_closest_setting(
+    environ: dict[str, str], expected: dict[str, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert unknown_variables(environ) == expected
+    for name in [n for n in os.environ if n.upper().startswith("ATOM_TIER_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert unknown_variables() == expected
+
+
+def test_every_settings_variable_is_known() -> None:
+    """Known names come from the settings model: no variable of the table is ever flagged."""
+    names = [name for row in settings_fields() for name in (row[0], *row[1])]
+    assert unknown_variables(dict.fromkeys(names, "1")) == {}
+
+
+def test_variable_of_names_the_variable_that_was_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert variable_of("chunk_tokens", {}) == "ATOM_TIER_CHUNK_TOKENS"
+    assert variable_of("chunk_tokens", {"LMCACHE_CHUNK_SIZE": "64"}) == "LMCACHE_CHUNK_SIZE"
+    monkeypatch.delenv("ATOM_TIER_CHUNK_TOKENS", raising=False)
+    monkeypatch.setenv("LMCACHE_CHUNK_SIZE", "64")
+    assert variable_of("chunk_tokens") == "LMCACHE_CHUNK_SIZE"
