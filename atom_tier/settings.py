@@ -23,8 +23,6 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "ATOM_TIER_"
-# Every *_GB setting counts 2**30 bytes, as LMCache's sizes do (recipes carry over unchanged).
-GIB = 1024**3
 
 
 class SettingsError(ValueError):

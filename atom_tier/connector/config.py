@@ -19,16 +19,11 @@ from typing import Any
 
 from atom_tier.log import get_logger
 from atom_tier.names import SPEC_MODULE, SPEC_NAME
-from atom_tier.preflight.checks_connector import (
-    chunk_tokens_finding,
-    connector_engine_finding,
-    device_share,
-    dram_tier_bytes,
-    gib,
-    probe_dram_budget,
-)
+from atom_tier.preflight.checks_connector import chunk_tokens_finding, connector_engine_finding
 from atom_tier.preflight.findings import Level
+from atom_tier.preflight.probes import probe_devices_on_node, probe_dram_budget
 from atom_tier.settings import AtomTierSettings
+from atom_tier.sizing import device_share, dram_tier_bytes, human_size
 from atom_tier.tiers.model_identity import numerics_digest
 
 logger = get_logger(__name__)
@@ -112,7 +107,8 @@ def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict
     mismatch = connector_engine_finding(settings)
     if mismatch is not None:
         raise ConnectorConfigError(f"{mismatch.message}; fix: {mismatch.fix}")
-    dram = dram_tier_bytes(settings, probe_dram_budget(), device_share(vllm_config))
+    share = device_share(vllm_config, probe_devices_on_node())
+    dram = dram_tier_bytes(settings, probe_dram_budget(), share)
     if dram <= 0:
         raise ConnectorConfigError(
             "AtomTierConnector needs a DRAM tier (every reload goes through it) but "
@@ -158,7 +154,7 @@ def describe(extra: dict[str, Any]) -> str:
         else f"{extra.get('blocks_per_chunk', 1)} blocks"
     )
     return (
-        f"DRAM tier {gib(int(extra['cpu_bytes_to_use']))}, chunk {chunk}, eviction "
+        f"DRAM tier {human_size(int(extra['cpu_bytes_to_use']))}, chunk {chunk}, eviction "
         f"{extra.get('eviction_policy')}, secondary tiers: {tiers}, decode KV saved: "
         f"{'no' if extra.get('offload_prompt_only', True) else 'yes'}"
     )

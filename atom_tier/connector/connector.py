@@ -23,9 +23,10 @@ from vllm.v1.metrics.cache_hit_source import CacheHitSource
 from atom_tier.connector.config import apply_extra_config, describe
 from atom_tier.connector.manager import MeteredTieringManager
 from atom_tier.log import get_logger
-from atom_tier.preflight.checks_connector import dram_requirement, evaluate_dram_tier
+from atom_tier.preflight.checks_connector import evaluate_dram_tier
 from atom_tier.preflight.findings import Level
 from atom_tier.settings import AtomTierSettings, load_settings
+from atom_tier.sizing import dram_requirement
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig

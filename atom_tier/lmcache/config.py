@@ -41,9 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atom_tier.settings import AtomTierSettings
+from atom_tier.sizing import GIB, MIB  # LMCache converts its GB sizes with * 1024**3 too
 
-GIB = 1024**3  # LMCache converts its GB sizes with * 1024**3
-MIB = 1024**2
 EXTRA_PREFIX = "lmcache."
 TELEMETRY_VARIABLE = "LMCACHE_TRACK_USAGE"
 # vLLM's default prefix_caching_hash_algo; used when the VllmConfig is not known yet.

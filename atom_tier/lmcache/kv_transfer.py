@@ -24,13 +24,9 @@ from atom_tier.lmcache.config import (
     lmcache_config,
 )
 from atom_tier.names import KV_ROLE, LMCACHE_CONNECTOR
-from atom_tier.preflight.checks_connector import (
-    DramBudget,
-    auto_dram_tier_bytes,
-    device_share,
-    probe_dram_budget,
-)
+from atom_tier.preflight.probes import probe_devices_on_node, probe_dram_budget
 from atom_tier.settings import AtomTierSettings
+from atom_tier.sizing import DramBudget, auto_capacity, auto_dram_tier_bytes, device_share
 
 
 def local_workers(vllm_config: Any | None) -> int:
@@ -53,8 +49,6 @@ def gpus_on_node() -> int:
 
 def auto_disk_bytes(path: Path) -> int | None:
     """The automatic disk cap of the native NVMe tier, for the same directory."""
-    from atom_tier.tiers.rebuild import auto_capacity
-
     try:
         st = os.statvfs(path)
     except OSError:
@@ -67,7 +61,7 @@ def probe_host_share(settings: AtomTierSettings, vllm_config: Any | None = None)
     server is assumed to use one GPU of this node."""
     workers = local_workers(vllm_config)
     if vllm_config is not None:
-        share = device_share(vllm_config)
+        share = device_share(vllm_config, probe_devices_on_node())
     else:
         share = 1.0 / gpus_on_node()
     # LMCache pins its own host buffers: /dev/shm does not bound them (unlike vLLM's region).

@@ -58,7 +58,7 @@ def build_context(
         settings=settings,
         env=load_foreign_env(),
         # Stale /dev/shm segments are reported by `doctor`; a starting server skips the scan.
-        facts=gather_facts(settings, shm=vllm_config is None),
+        facts=gather_facts(settings, shm=vllm_config is None, in_vllm=vllm_config is not None),
         vllm_config=vllm_config,
     )
 

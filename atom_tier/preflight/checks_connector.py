@@ -13,26 +13,33 @@ chunks) times the number of reloads in flight at once:
   ``--num-gpu-blocks-override`` gives it), so preflight checks one prefix and the connector
   repeats the check with the real size when it starts.
 
-The sizing helpers live here (not in ``atom_tier.connector``) so preflight and the connector
-share them without preflight importing vLLM glue.
+The arithmetic is :mod:`atom_tier.sizing`'s; what it is computed from is probed in
+:mod:`atom_tier.preflight.probes`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from atom_tier.names import CONNECTOR_NAME
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
-from atom_tier.settings import GIB, AtomTierSettings, ConnectorEngine, variable_of
-from atom_tier.sizes import gb_setting, human_size
+from atom_tier.settings import AtomTierSettings, ConnectorEngine, variable_of
+from atom_tier.sizing import (
+    GIB,
+    DramBudget,
+    DramRequirement,
+    device_kv_tokens,
+    device_share,
+    dram_requirement,
+    dram_tier_bytes,
+    gb_setting,
+    human_size,
+    kv_bytes_per_token,
+)
 
-gib = human_size  # the one size formatter, under the name connector/config.py imports
 # vLLM 0.32's KV block size for a server started without --block-size, for `doctor` (which
 # has no VllmConfig): CacheConfig.DEFAULT_BLOCK_SIZE, which CpuPlatform.check_and_update_config
 # raises to 128 on CPU. A server checks against the block size its config really has.
@@ -40,148 +47,6 @@ DEFAULT_BLOCK_SIZE = 16
 DEFAULT_BLOCK_SIZES = {"cpu": 128}
 # Extra-config keys with which an operator chooses the chunk size instead of the setting.
 OPERATOR_CHUNK_KEYS = frozenset({"block_size", "blocks_per_chunk"})
-# Automatic DRAM tier: this share of the memory the host (or the container's cgroup) allows,
-# times the share of the node's GPUs this server uses, at most this share of /dev/shm (where
-# vLLM's shared region lives).
-AUTO_MEMORY_SHARE = 0.4
-AUTO_SHM_SHARE = 0.5
-
-
-@dataclass(frozen=True)
-class DramBudget:
-    """What the automatic DRAM tier size is computed from (constant while the host runs, so
-    every vLLM process of a server computes the same size)."""
-
-    memory_limit: int | None
-    shm_size: int | None
-    shm_free: int | None = None
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().split()[0]
-    except (OSError, IndexError):
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def probe_dram_budget(
-    meminfo: Path = Path("/proc/meminfo"),
-    cgroup_max: Path = Path("/sys/fs/cgroup/memory.max"),
-    shm: Path = Path("/dev/shm"),
-) -> DramBudget:
-    total = None
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                total = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    limits = [v for v in (total, _read_int(cgroup_max)) if v is not None]
-    try:
-        stat = os.statvfs(shm)
-        shm_size: int | None = stat.f_blocks * stat.f_frsize
-        shm_free: int | None = stat.f_bavail * stat.f_frsize
-    except OSError:
-        shm_size = shm_free = None
-    return DramBudget(min(limits) if limits else None, shm_size, shm_free)
-
-
-def auto_dram_tier_bytes(budget: DramBudget, device_share: float = 1.0) -> int:
-    """Automatic DRAM tier size: 40% of the memory limit x this server's share of the node's
-    GPUs, capped at half of /dev/shm. 0 when nothing is known."""
-    candidates = []
-    if budget.memory_limit is not None:
-        candidates.append(budget.memory_limit * AUTO_MEMORY_SHARE * min(max(device_share, 0), 1))
-    if budget.shm_size is not None:
-        candidates.append(budget.shm_size * AUTO_SHM_SHARE)
-    return int(min(candidates)) if candidates else 0
-
-
-def dram_tier_bytes(settings: AtomTierSettings, budget: DramBudget, device_share: float) -> int:
-    """The DRAM tier size settings ask for: explicit GiB (LMCache's unit), 0 off, or automatic."""
-    size_gb = settings.dram_tier_gb
-    if size_gb is None:
-        return auto_dram_tier_bytes(budget, device_share)
-    return int(size_gb * GIB)
-
-
-@dataclass(frozen=True)
-class DramRequirement:
-    prefix_tokens: int
-    concurrency: int
-    bytes_per_token: int
-    concurrency_reason: str
-
-    @property
-    def minimum_bytes(self) -> int:
-        return self.prefix_tokens * self.concurrency * self.bytes_per_token
-
-    def explain(self) -> str:
-        return (
-            f"{self.prefix_tokens} tokens (max-model-len in whole chunks) x {self.concurrency} "
-            f"concurrent reloads ({self.concurrency_reason}) x {self.bytes_per_token} KV bytes "
-            f"per token = {human_size(self.minimum_bytes)}"
-        )
-
-
-def dram_requirement(
-    *,
-    max_model_len: int,
-    kv_bytes_per_token: int,
-    max_num_seqs: int,
-    chunk_tokens: int,
-    device_kv_tokens: int | None = None,
-    reload_concurrency: int | None = None,
-) -> DramRequirement:
-    """Minimum DRAM tier size: the largest reused prefix times the concurrent reloads."""
-    prefix = math.ceil(max_model_len / chunk_tokens) * chunk_tokens
-    if reload_concurrency:
-        concurrency, reason = reload_concurrency, "ATOM_TIER_RELOAD_CONCURRENCY"
-    elif device_kv_tokens:
-        concurrency = max(1, min(max_num_seqs, device_kv_tokens // prefix))
-        reason = (
-            f"full-length prefixes the {device_kv_tokens}-token device KV cache holds, "
-            f"at most --max-num-seqs {max_num_seqs}"
-        )
-    else:
-        concurrency, reason = 1, "one prefix until the device KV cache size is known"
-    return DramRequirement(prefix, concurrency, kv_bytes_per_token, reason)
-
-
-def kv_bytes_per_token(vllm_config: Any) -> int:
-    """KV bytes one token takes across all workers, from the model and cache config."""
-    from vllm.utils.torch_utils import kv_cache_dtype_str_to_dtype
-
-    model, parallel = vllm_config.model_config, vllm_config.parallel_config
-    dtype = kv_cache_dtype_str_to_dtype(vllm_config.cache_config.cache_dtype, model)
-    layers = model.get_num_layers_by_block_type(parallel, "attention")
-    layers *= parallel.pipeline_parallel_size
-    heads = model.get_num_kv_heads(parallel) * parallel.tensor_parallel_size
-    per_head = model.get_head_size() * (1 if model.use_mla else 2)
-    return int(layers * heads * per_head * dtype.itemsize)
-
-
-def device_share(vllm_config: Any) -> float:
-    """Share of this node's GPUs one server uses (1.0 where it cannot be told)."""
-    from vllm.platforms import current_platform
-
-    if not (current_platform.is_cuda_alike() or current_platform.is_xpu()):
-        return 1.0
-    try:
-        on_node = int(current_platform.device_count())
-    except Exception:  # no device query: assume the server owns the node
-        return 1.0
-    parallel = vllm_config.parallel_config
-    # Each engine (data-parallel rank) has its own DRAM tier: size it for its own GPUs.
-    used = parallel.world_size // max(getattr(parallel, "nnodes_within_dp", 1), 1)
-    return min(1.0, max(used, 1) / on_node) if on_node > 0 else 1.0
-
-
-def device_kv_tokens(vllm_config: Any) -> int | None:
-    cache = vllm_config.cache_config
-    blocks = cache.num_gpu_blocks_override or cache.num_gpu_blocks
-    return int(blocks * cache.block_size) if blocks and cache.block_size else None
 
 
 def _fix(requirement: DramRequirement, settings: AtomTierSettings) -> str:
@@ -294,8 +159,8 @@ def check_dram_tier(ctx: CheckContext) -> Iterable[Finding]:
     if config is None or not uses_atom_tier_connector(config):
         return []
     settings = ctx.settings
-    budget = probe_dram_budget()
-    dram = dram_tier_bytes(settings, budget, device_share(config))
+    budget = ctx.facts.dram_budget
+    dram = dram_tier_bytes(settings, budget, device_share(config, ctx.facts.devices_on_node))
     if dram <= 0:
         return [
             Finding(

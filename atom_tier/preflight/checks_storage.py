@@ -8,9 +8,14 @@ from collections.abc import Iterator
 
 from atom_tier.preflight.context import CheckContext, NvmeFacts, ShmFacts
 from atom_tier.preflight.findings import Finding, Level, check
-from atom_tier.settings import GIB as GB
-from atom_tier.sizes import gb_setting, human_size
-from atom_tier.tiers.rebuild import auto_capacity, auto_reserve
+from atom_tier.sizing import (
+    GIB,
+    auto_capacity,
+    auto_reserve,
+    gb_setting,
+    human_size,
+    kv_bytes_per_token,
+)
 
 # Past this share of available memory the DRAM tier crowds out the rest of the host (the
 # API server, tokenizers, page cache the NVMe tier relies on).
@@ -41,7 +46,7 @@ def check_dram_memory(ctx: CheckContext) -> Iterator[Finding]:
             f"cannot read available host memory to check the {size_gb:g} GiB DRAM tier",
         )
         return
-    wanted = size_gb * GB
+    wanted = size_gb * GIB
     if wanted > available:
         yield Finding(
             Level.ERROR,
@@ -128,7 +133,7 @@ def check_nvme_path(ctx: CheckContext) -> Iterator[Finding]:
     if settings.nvme_gb is None:
         yield from _automatic_cap_findings(ctx, nvme)
     elif nvme.free_bytes is not None:
-        wanted = settings.nvme_gb * GB
+        wanted = settings.nvme_gb * GIB
         # The tier's own chunks from an earlier run count as room: it reuses or evicts them.
         room = nvme.free_bytes + nvme.used_bytes
         if wanted > room:
@@ -154,7 +159,7 @@ def _prefix(ctx: CheckContext) -> tuple[int, str] | None:
     """Bytes of one full-length prefix (max-model-len in whole chunks, as the DRAM guard counts
     it) and how they add up; None before vLLM's config is known (``doctor``)."""
     # Imported here: importing checks_connector registers its checks, which keep their order.
-    from atom_tier.preflight.checks_connector import kv_bytes_per_token, uses_atom_tier_connector
+    from atom_tier.preflight.checks_connector import uses_atom_tier_connector
 
     config = ctx.vllm_config
     if config is None or not uses_atom_tier_connector(config):

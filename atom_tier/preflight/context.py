@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from atom_tier.settings import AtomTierSettings, ForeignEnv
+from atom_tier.sizing import DramBudget
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Facts:
     host_memory_available: int | None
     nvme: NvmeFacts | None = None
     shm: ShmFacts | None = None
+    # The memory limit and /dev/shm the automatic DRAM tier is sized from.
+    dram_budget: DramBudget = field(default_factory=lambda: DramBudget(None, None))
+    devices_on_node: int | None = None  # GPUs on this node, probed inside a vLLM server
 
 
 @dataclass

@@ -20,6 +20,7 @@ from atom_tier.preflight.context import (
     TorchBuild,
 )
 from atom_tier.settings import AtomTierSettings
+from atom_tier.sizing import DramBudget
 
 O_DIRECT_ALIGNMENT = 4096
 SHM_ROOT = Path("/dev/shm")
@@ -78,6 +79,46 @@ def probe_host_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int | None
         return int(raw.split()[0]) * 1024 if raw else None
 
     return kib("MemTotal"), kib("MemAvailable")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def probe_dram_budget(
+    meminfo: Path = Path("/proc/meminfo"),
+    cgroup_max: Path = Path("/sys/fs/cgroup/memory.max"),
+    shm: Path = Path("/dev/shm"),
+) -> DramBudget:
+    """What the automatic DRAM tier is sized from: the host's (or the cgroup's) memory limit
+    and /dev/shm, where vLLM maps the tier."""
+    total, _available = probe_host_memory(meminfo)
+    limits = [v for v in (total, _read_int(cgroup_max)) if v is not None]
+    try:
+        stat = os.statvfs(shm)
+        shm_size: int | None = stat.f_blocks * stat.f_frsize
+        shm_free: int | None = stat.f_bavail * stat.f_frsize
+    except OSError:
+        shm_size = shm_free = None
+    return DramBudget(min(limits) if limits else None, shm_size, shm_free)
+
+
+def probe_devices_on_node() -> int | None:
+    """GPUs vLLM's platform sees on this node; None where it has none to count (CPU).
+
+    Imports vLLM: call it only inside a vLLM process (the connector, a starting server)."""
+    from vllm.platforms import current_platform
+
+    if not (current_platform.is_cuda_alike() or current_platform.is_xpu()):
+        return None
+    try:
+        return int(current_platform.device_count())
+    except Exception:  # no device query: size as if the server owned the node
+        return None
 
 
 def probe_o_direct(directory: Path) -> bool:
@@ -219,9 +260,10 @@ def probe_shm(
     return ShmFacts(root, stale, len(segments) - len(stale), uninspected)
 
 
-def gather_facts(settings: AtomTierSettings, shm: bool = True) -> Facts:
-    """Probe everything checks need. Imports torch if installed; never imports vLLM or AITER.
-    ``shm=False`` skips the /dev/shm scan (it reads every process's maps and fds)."""
+def gather_facts(settings: AtomTierSettings, shm: bool = True, in_vllm: bool = False) -> Facts:
+    """Probe everything checks need. Imports torch if installed; imports vLLM only ``in_vllm``
+    (a starting server: to count its devices), never AITER. ``shm=False`` skips the
+    /dev/shm scan (it reads every process's maps and fds)."""
     dist, version = probe_vllm()
     total, available = probe_host_memory()
     return Facts(
@@ -235,4 +277,6 @@ def gather_facts(settings: AtomTierSettings, shm: bool = True) -> Facts:
         host_memory_available=available,
         nvme=probe_nvme(settings.nvme_path) if settings.nvme_path is not None else None,
         shm=probe_shm() if shm else None,
+        dram_budget=probe_dram_budget(),
+        devices_on_node=probe_devices_on_node() if in_vllm else None,
     )

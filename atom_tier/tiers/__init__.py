@@ -10,19 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from atom_tier.sizing import nvme_capacity_bytes
+
 if TYPE_CHECKING:
     from atom_tier.settings import AtomTierSettings
 
-# LMCache's LMCACHE_MAX_LOCAL_DISK_SIZE (an alias of ATOM_TIER_NVME_GB) counts GB as 2**30
-# bytes; the same number must mean the same size here.
-BYTES_PER_GB = 1024**3
 NVME_TIER_CLASS = "AtomTierNvmeTier"
 NVME_TIER_MODULE = "atom_tier.tiers.vllm_tier"
-
-
-def nvme_capacity_bytes(nvme_gb: float | None) -> int | None:
-    """The cap for a ``nvme_gb`` setting; None means sized automatically at tier start-up."""
-    return None if nvme_gb is None else int(nvme_gb * BYTES_PER_GB)
 
 
 def nvme_secondary_tier_config(
@@ -36,7 +30,7 @@ def nvme_secondary_tier_config(
 
     ``capacity_bytes`` None (``ATOM_TIER_NVME_GB`` unset) sizes the tier when it starts:
     the space it already holds plus the free space, minus max(10 % of the filesystem,
-    4 GiB) (``atom_tier.tiers.rebuild.auto_capacity_bytes``).
+    4 GiB) (``atom_tier.sizing.auto_capacity``).
     """
     if not settings.nvme_enabled or settings.nvme_path is None:
         return None
@@ -49,4 +43,4 @@ def nvme_secondary_tier_config(
     }
 
 
-__all__ = ["BYTES_PER_GB", "nvme_capacity_bytes", "nvme_secondary_tier_config"]
+__all__ = ["nvme_secondary_tier_config"]

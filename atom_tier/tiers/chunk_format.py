@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
+from atom_tier.sizing import NVME_ALIGNMENT
+
 _XXH3_64: Callable[..., int] | None
 try:
     import xxhash
@@ -36,7 +38,7 @@ MAGIC = b"ATOMTKV\x00"
 FORMAT_VERSION = 1
 # O_DIRECT needs file offsets, lengths and memory aligned to the logical block size; 4 KiB
 # covers every NVMe/SATA/virtio disk and equals the page size DRAM-tier slots are aligned to.
-ALIGNMENT = 4096
+ALIGNMENT = NVME_ALIGNMENT  # O_DIRECT alignment; the automatic cap counts in it too
 HEADER_BLOCK = ALIGNMENT
 CHUNK_SUFFIX = ".kvc"
 TEMP_SUFFIX = ".tmp"

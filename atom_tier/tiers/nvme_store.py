@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from atom_tier.log import get_logger
-from atom_tier.sizes import human_size
+from atom_tier.sizing import human_size
 from atom_tier.tiers.aio import ChunkEngine, make_engine
 from atom_tier.tiers.chunk_format import (
     TEMP_SUFFIX,

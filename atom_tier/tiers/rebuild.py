@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atom_tier.sizing import auto_capacity
 from atom_tier.tiers.chunk_format import (
     ALIGNMENT,
     CHUNK_SUFFIX,
@@ -26,11 +27,6 @@ from atom_tier.tiers.chunk_format import (
     is_chunk_name,
 )
 
-GIB = 1024**3
-# Automatic sizing keeps this share of the filesystem free for everything else...
-AUTO_RESERVE_FRACTION = 0.10
-# ...and at least this much.
-AUTO_RESERVE_MIN_BYTES = 4 * GIB
 # Reads mark chunks used by setting their mtime (the LRU order after a restart), batched.
 USE_FLUSH_DELAY_S = 2.0
 
@@ -149,26 +145,6 @@ def auto_capacity_bytes(path: Path, tier_bytes_on_disk: int, share: float = 1.0)
     st = os.statvfs(path)
     free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     return auto_capacity(free, size, tier_bytes_on_disk, share)
-
-
-def auto_reserve(fs_bytes: int) -> int:
-    """What automatic sizing leaves free for everything else on a filesystem of ``fs_bytes``."""
-    return max(int(fs_bytes * AUTO_RESERVE_FRACTION), AUTO_RESERVE_MIN_BYTES)
-
-
-def auto_capacity(
-    free_bytes: int, fs_bytes: int, tier_bytes_on_disk: int, share: float = 1.0
-) -> int:
-    """What the tier holds plus the free space, minus a reserve for everything else, times
-    ``share`` (stores splitting one filesystem), in whole alignment units.
-
-    reserve = max(10 % of the filesystem, 4 GiB), so the tier never takes the last space
-    of a shared filesystem. Decided once at start-up: free space is not watched afterwards
-    (a disk filled by others shows up as a write fault, which stops the tier's writes).
-    Preflight calls this too, so its warning about a zero cap is the store's own arithmetic.
-    """
-    usable = max(0, free_bytes + tier_bytes_on_disk - auto_reserve(fs_bytes))
-    return int(usable * share) // ALIGNMENT * ALIGNMENT
 
 
 def remove_quietly(paths: Iterable[str]) -> None:

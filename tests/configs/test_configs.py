@@ -24,14 +24,10 @@ from vllm.tool_parsers import ToolParserManager
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from atom_tier.devtools.cpu_server import CpuVllmServer
-from atom_tier.preflight.checks_connector import (
-    DramBudget,
-    dram_requirement,
-    dram_tier_bytes,
-    evaluate_dram_tier,
-)
+from atom_tier.preflight.checks_connector import evaluate_dram_tier
 from atom_tier.preflight.findings import Level
 from atom_tier.settings import AtomTierSettings, ConnectorEngine, load_settings, settings_fields
+from atom_tier.sizing import DramBudget, dram_requirement, dram_tier_bytes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MINIMAX = CONFIGS / "minimax-m2.5-fp8-tp2-mi300x"

@@ -18,19 +18,18 @@ from atom_tier.connector.config import (
     secondary_tiers,
 )
 from atom_tier.connector.connector import hit_tokens_line
-from atom_tier.preflight.checks_connector import (
+from atom_tier.preflight.checks_connector import check_dram_tier, evaluate_shm_room
+from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
+from atom_tier.preflight.findings import Level, registered_checks
+from atom_tier.preflight.probes import probe_dram_budget
+from atom_tier.settings import load_foreign_env, load_settings
+from atom_tier.sizing import (
     GIB,
     DramBudget,
     auto_dram_tier_bytes,
-    check_dram_tier,
     dram_requirement,
-    evaluate_shm_room,
     kv_bytes_per_token,
-    probe_dram_budget,
 )
-from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
-from atom_tier.preflight.findings import Level, registered_checks
-from atom_tier.settings import load_foreign_env, load_settings
 
 MAX_MODEL_LEN = 1024
 # The tiny model: 2 layers x 2 KV heads x (K + V) x head_dim 32 x bf16.
@@ -62,6 +61,7 @@ def context(config: Any, **env: str) -> CheckContext:
         aiofile_importable=True,
         host_memory_total=None,
         host_memory_available=None,
+        dram_budget=probe_dram_budget(),  # this machine's, as a starting server probes it
     )
     return CheckContext(load_settings(env), load_foreign_env({}), facts, vllm_config=config)
 

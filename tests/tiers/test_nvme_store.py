@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from atom_tier.sizing import GIB, auto_capacity
 from atom_tier.tiers import nvme_store
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
-from atom_tier.tiers.rebuild import GIB, auto_capacity, auto_capacity_bytes
+from atom_tier.tiers.rebuild import auto_capacity_bytes
 from tests.tiers.conftest import (
     StoreFactory,
     chunk_files,

@@ -27,7 +27,8 @@ from vllm.v1.kv_offload.tiering.manager import TieringOffloadingManager
 from vllm.v1.kv_offload.tiering.spec import TieringOffloadingSpec
 
 from atom_tier.settings import load_settings
-from atom_tier.tiers import BYTES_PER_GB, nvme_secondary_tier_config
+from atom_tier.sizing import GIB as BYTES_PER_GB
+from atom_tier.tiers import nvme_secondary_tier_config
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, chunk_relpath
 from atom_tier.tiers.vllm_tier import METRIC_PREFIX, AtomTierNvmeTier
 from tests.tiers.conftest import payload_for

@@ -23,8 +23,8 @@ from atom_tier.preflight.context import (
     TorchBuild,
 )
 from atom_tier.preflight.findings import Finding, Level
-from atom_tier.settings import GIB as GB
 from atom_tier.settings import load_foreign_env, load_settings
+from atom_tier.sizing import GIB as GB
 
 
 def cpu_facts(**changes: object) -> Facts:

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from atom_tier.sizes import gb_setting, gb_value, human_size
+from atom_tier.sizing import gb_setting, gb_value, human_size
 
 GIB = 2**30
 MIB = 2**20
