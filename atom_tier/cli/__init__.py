@@ -48,11 +48,22 @@ def _add_gen_traces(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(runner=replay.run_generate)
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from atom_tier.plan import cli as plan
+
+    parser = sub.add_parser(
+        "plan", help="simulate DRAM/NVMe tier sizes over a trace workload: which pay off"
+    )
+    plan.add_arguments(parser)
+    parser.set_defaults(runner=plan.run)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_doctor,
     _add_settings,
     _add_replay,
     _add_gen_traces,
+    _add_plan,
 ]
 
 

@@ -1,0 +1,309 @@
+"""The cache hierarchy, request by request: device prefix cache -> DRAM tier -> NVMe -> shared.
+
+What each request does, mirroring vLLM 0.32 (scheduler, offloading connector, CPU offloading
+manager) and atom-tier's NVMe tier:
+
+1. **Device prefix cache** (vLLM's GPU block pool, LRU): the longest cached prefix, at most the
+   prompt minus one token, in whole KV blocks. Modelled in chunks plus the blocks of the
+   previous request's last partial chunk; every covered chunk of the request is cached after
+   it, the head of the prompt most recent (vLLM frees a request's blocks tail first).
+2. **Connector lookup** from the chunk holding the device hit's end, chunk by chunk until a
+   miss: a DRAM hit, or an NVMe / shared hit promoted into DRAM (which fails when DRAM cannot
+   make room). The load counts only when it adds at least one chunk of tokens beyond the
+   device hit (the connector's rule); the first chunk counts from the device hit's end.
+3. **Stores**: with a load, the chunks after the hit; without, every full prompt chunk. Those
+   not in DRAM are inserted (one batch: when DRAM cannot make room for all, none is stored, as
+   vLLM's ``prepare_store``), and every inserted chunk is written to each secondary tier that
+   does not hold it (write-on-store; an NVMe write or read makes the chunk its most recent).
+4. **Recency**: the DRAM policy sees every chunk the request loaded or offered, head first.
+
+Left out, because they need a time model: chunks pinned while a transfer or a running request
+holds them, and a request that waits for its promotions (the simulator applies each request
+at once, in arrival order).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from atom_tier.plan.policies import CachePolicy, make_policy
+from atom_tier.plan.workload import Workload
+
+_NOTHING: frozenset[int] = frozenset()
+
+DEVICE = "device"
+DRAM = "dram"
+NVME = "nvme"
+SHARED = "shared"
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    name: str
+    chunks: int
+    policy: str = "lru"
+
+
+@dataclass(frozen=True)
+class HierarchySpec:
+    """Capacities in chunks; secondary tiers are looked up in order after DRAM."""
+
+    dram: TierSpec
+    secondaries: tuple[TierSpec, ...] = ()
+
+
+@dataclass
+class TierCounters:
+    hit_tokens: int = 0
+    inserted: int = 0
+    evicted: int = 0
+    promotions_failed: int = 0
+
+
+@dataclass
+class SimulationResult:
+    """Token counts of one configuration over the whole workload."""
+
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0
+    tiers: dict[str, TierCounters] = field(default_factory=dict)
+    stores_failed: int = 0
+
+    @property
+    def hit_tokens(self) -> int:
+        return sum(t.hit_tokens for t in self.tiers.values())
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def device_hits(workload: Workload, device_chunks: int | None, request_s: float = 0.0) -> list[int]:
+    """Device prefix-cache hit tokens of every request (``device_chunks`` None: infinite).
+
+    A request holds its chunks from its arrival until ``request_s`` later, as a running
+    request holds its KV blocks; only chunks no running request holds can be evicted. When
+    running requests alone fill the device, nothing else stays cached (vLLM would make the
+    request wait; the simulator has no time model for that).
+    """
+    chunk, block = workload.chunk_tokens, workload.block_tokens
+    capacity = device_chunks
+    cached: OrderedDict[int, None] = OrderedDict()  # held by no request, least recent first
+    held: dict[int, int] = {}  # chunk -> running requests holding it
+    running: list[tuple[float, int, list[int]]] = []
+    hits: list[int] = []
+
+    def release(keys: list[int]) -> None:
+        for key in reversed(keys):  # tail first: the head of the prompt ends most recent
+            count = held[key] - 1
+            if count:
+                held[key] = count
+            else:
+                del held[key]
+                cached[key] = None
+
+    for request in workload.requests:
+        while running and running[0][0] <= request.time:
+            release(heapq.heappop(running)[2])
+        if capacity is not None:
+            while cached and len(cached) + len(held) > capacity:
+                cached.popitem(last=False)
+        keys, covered = request.chain, request.covered_chunks
+        limit_tokens = (request.input_tokens - 1) // block * block
+        limit = min(covered, limit_tokens // chunk)
+        found = 0
+        while found < limit and (keys[found] in cached or keys[found] in held):
+            found += 1
+        tokens = found * chunk
+        partial = request.partial
+        if partial is not None and partial[0] == found:
+            if partial[2] in cached or partial[2] in held:
+                tokens = min(tokens + partial[1] * block, limit_tokens)
+        hits.append(tokens)
+        own = request.own_partial
+        used = list(keys[:covered]) + ([own[2]] if own is not None else [])
+        for key in used:
+            if key in held:
+                held[key] += 1
+            else:
+                cached.pop(key, None)
+                held[key] = 1
+        if capacity is not None:
+            while cached and len(cached) + len(held) > capacity:
+                cached.popitem(last=False)
+            heapq.heappush(running, (request.time + request_s, request.serial, used))
+    return hits
+
+
+def ceiling_hits(workload: Workload) -> list[int]:
+    """Hit tokens of every request with an infinite cache: all it repeats, to the last token
+    but one, in whole KV blocks (the trace's ceiling)."""
+    chunk, block = workload.chunk_tokens, workload.block_tokens
+    seen: set[int] = set()
+    hits: list[int] = []
+    for request in workload.requests:
+        keys, covered = request.chain, request.covered_chunks
+        limit_tokens = (request.input_tokens - 1) // block * block
+        limit = min(covered, limit_tokens // chunk)
+        found = 0
+        while found < limit and keys[found] in seen:
+            found += 1
+        tokens = found * chunk
+        partial = request.partial
+        if partial is not None and partial[0] == found and partial[2] in seen:
+            tokens = min(tokens + partial[1] * block, limit_tokens)
+        hits.append(tokens)
+        seen.update(keys[found:covered])
+        if request.own_partial is not None:
+            seen.add(request.own_partial[2])
+    return hits
+
+
+class Hierarchy:
+    """DRAM tier and its secondary tiers for one configuration."""
+
+    def __init__(self, spec: HierarchySpec) -> None:
+        self.dram = make_policy(spec.dram.policy, spec.dram.chunks)
+        self.secondaries: list[tuple[str, CachePolicy]] = [
+            (tier.name, make_policy(tier.policy, tier.chunks))
+            for tier in spec.secondaries
+            if tier.chunks > 0
+        ]
+        self.result = SimulationResult(
+            tiers={
+                name: TierCounters() for name in (DEVICE, DRAM, *(n for n, _ in self.secondaries))
+            }
+        )
+
+    def _make_room(
+        self, policy: CachePolicy, name: str, n: int, protected: Collection[int]
+    ) -> bool:
+        needed = n - policy.free
+        if needed <= 0:
+            return True
+        victims = policy.evict(needed, protected)
+        if victims is None:
+            return False
+        self.result.tiers[name].evicted += len(victims)
+        return True
+
+    def _write_through(self, keys: Sequence[int]) -> None:
+        for name, tier in self.secondaries:
+            counters = self.result.tiers[name]
+            for key in keys:
+                if key in tier:
+                    continue
+                if not self._make_room(tier, name, 1, _NOTHING):
+                    break
+                tier.insert(key)
+                counters.inserted += 1
+
+    def _lookup(
+        self, keys: Sequence[int], start: int, limit: int, inserted: list[int]
+    ) -> list[str]:
+        """Tier of each chunk found from ``start``; chunks found below DRAM are promoted.
+
+        The chunks found are the longest run held by some tier; those below DRAM are promoted
+        in one batch (vLLM promotes them one lookup at a time; the batch makes room the same
+        way for LRU), after the request's own chunks are protected from the eviction.
+        """
+        dram, tiers = self.dram, self.result.tiers
+        secondaries = self.secondaries
+        sources: list[str] = []
+        promoted: dict[str, list[int]] = {}
+        for index in range(start, limit):
+            key = keys[index]
+            if key in dram:
+                sources.append(DRAM)
+                continue
+            for name, tier in secondaries:
+                if key in tier:
+                    sources.append(name)
+                    promoted.setdefault(name, []).append(key)
+                    break
+            else:
+                break
+        if not promoted:
+            return sources
+        # DRAM can give every chunk but the run's own DRAM hits: past that, promotion fails
+        # and the run stops at that chunk (vLLM: the lookup answers MISS).
+        room = dram.capacity - (len(sources) - sum(len(v) for v in promoted.values()))
+        taken = 0
+        for position, source in enumerate(sources):
+            if source != DRAM:
+                if taken == room:
+                    tiers[source].promotions_failed += 1
+                    sources = sources[:position]
+                    break
+                taken += 1
+        kept = set(keys[start : start + len(sources)])
+        batch = [key for keys_of in promoted.values() for key in keys_of if key in kept]
+        if not batch:
+            return sources
+        dram.on_store_miss(batch)
+        made = self._make_room(dram, DRAM, len(batch), kept)
+        assert made, "room was counted above"
+        for name, tier in secondaries:
+            keys_of = [key for key in promoted.get(name, ()) if key in kept]
+            if not keys_of:
+                continue
+            for key in keys_of:
+                dram.insert(key)
+            tiers[DRAM].inserted += len(keys_of)
+            inserted.extend(keys_of)
+            # A read makes the chunk the tier's most recent, in the order the job reads them.
+            tier.touch(keys_of[::-1])
+        return sources
+
+    def run(self, workload: Workload, device: Sequence[int]) -> SimulationResult:
+        chunk = workload.chunk_tokens
+        result, dram, tiers = self.result, self.dram, self.result.tiers
+        connector = dram.capacity > 0  # no DRAM tier: no connector (every load goes via DRAM)
+        for request, device_tokens in zip(workload.requests, device, strict=True):
+            result.prompt_tokens += request.input_tokens
+            tiers[DEVICE].hit_tokens += device_tokens
+            if not connector:
+                result.prefill_tokens += request.input_tokens - device_tokens
+                continue
+            keys, covered = request.chain, request.covered_chunks
+            full = request.input_tokens // chunk
+            limit = min(covered, (request.input_tokens - 1) // chunk)
+            start = device_tokens // chunk
+            inserted: list[int] = []
+            sources = self._lookup(keys, start, limit, inserted)
+            end = start + len(sources)
+            loaded = end * chunk - device_tokens
+            if loaded < chunk:
+                loaded, end, sources = 0, 0, []
+            for offset, source in enumerate(sources):
+                tiers[source].hit_tokens += chunk if offset else (start + 1) * chunk - device_tokens
+            result.prefill_tokens += request.input_tokens - device_tokens - loaded
+            # Offered for storing: after the load, or the whole prompt without one. Chunks
+            # past the covered ones hold the request's own tail: new keys, never hit again.
+            offered = list(keys[end:covered]) if end < covered else []
+            offered += [hash(("tail", request.serial, i)) for i in range(max(end, covered), full)]
+            new = [key for key in offered if key not in dram]
+            if new:
+                dram.on_store_miss(new)
+                if self._make_room(dram, DRAM, len(new), set(offered)):
+                    for key in new:
+                        dram.insert(key)
+                    tiers[DRAM].inserted += len(new)
+                    inserted.extend(new)
+                    self._write_through(new)
+                else:
+                    result.stores_failed += 1
+                    new = []
+            used = list(keys[start:end]) + offered
+            insertion_only = set(inserted)
+            reused = {key for key in used if key not in insertion_only and key in dram}
+            dram.on_request_finished(used, insertion_only, reused)
+        return result
+
+
+def simulate(workload: Workload, device: Sequence[int], spec: HierarchySpec) -> SimulationResult:
+    """Hit tokens per tier and prefill tokens of ``workload`` under ``spec``."""
+    return Hierarchy(spec).run(workload, device)
