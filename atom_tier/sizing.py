@@ -156,6 +156,14 @@ def device_share(vllm_config: Any, devices_on_node: int | None) -> float:
 
 
 # -- KV ----------------------------------------------------------------------------------------
+def kv_token_bytes(
+    layers: int, kv_heads: int, values_per_head: int, value_bytes: int, *, mla: bool = False
+) -> int:
+    """KV bytes one token takes: layers x KV heads x values per head x bytes per value, twice
+    (K and V) except for MLA, which stores one latent (kv_heads 1, the latent's size)."""
+    return layers * kv_heads * values_per_head * value_bytes * (1 if mla else 2)
+
+
 def kv_bytes_per_token(vllm_config: Any) -> int:
     """KV bytes one token takes across all workers, from the model and cache config."""
     from vllm.utils.torch_utils import kv_cache_dtype_str_to_dtype
@@ -165,8 +173,9 @@ def kv_bytes_per_token(vllm_config: Any) -> int:
     layers = model.get_num_layers_by_block_type(parallel, "attention")
     layers *= parallel.pipeline_parallel_size
     heads = model.get_num_kv_heads(parallel) * parallel.tensor_parallel_size
-    per_head = model.get_head_size() * (1 if model.use_mla else 2)
-    return int(layers * heads * per_head * dtype.itemsize)
+    return kv_token_bytes(
+        layers, heads, model.get_head_size(), dtype.itemsize, mla=bool(model.use_mla)
+    )
 
 
 def device_kv_tokens(vllm_config: Any) -> int | None:

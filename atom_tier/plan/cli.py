@@ -1,4 +1,9 @@
-"""Command line of ``atom-tier plan``: exit code 0, or 2 with one message on bad input."""
+"""Command line of ``atom-tier plan``: exit code 0, or 2 with one message on bad input.
+
+The parser is built for every ``atom-tier`` command (``doctor`` too, where vLLM and its
+dependencies may be missing), so it imports nothing heavy and reads no settings: the defaults
+that come from settings are resolved when the plan runs.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,19 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from atom_tier.plan.deployment import Deployment, PlanInputError, model_kv
-from atom_tier.plan.policies import POLICIES
-from atom_tier.plan.report import format_table, to_json, write_json, write_png
-from atom_tier.plan.sweep import parse_sizes, run_sweep, verdict
-from atom_tier.plan.workload import WorkloadOptions, build_workload
-from atom_tier.replay.plots import MISSING_NOTE
-from atom_tier.replay.traces import ReplayInputError, load_traces
-from atom_tier.settings import load_settings
+from atom_tier.settings import KvCacheDtype, SettingsError, load_settings
+from atom_tier.sizing import GIB
+
+if TYPE_CHECKING:
+    from atom_tier.plan.workload import WorkloadOptions
 
 EXIT_BAD_INPUT = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    settings = load_settings()
     parser.description = (
         "Simulate the KV cache hierarchy (device prefix cache -> DRAM tier -> NVMe -> shared) "
         "over the workload `atom-tier replay` would send, for every tier size asked, and say "
@@ -33,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-bytes-per-token", type=int, help="instead of --model: KV bytes per token"
     )
     model.add_argument(
-        "--kv-dtype",
-        default="fp8" if settings.kv_cache_dtype.value == "auto" else settings.kv_cache_dtype.value,
-        help="KV cache dtype (fp8, bf16, ...); default: ATOM_TIER_KV_CACHE_DTYPE",
+        "--kv-dtype", help="KV cache dtype (fp8, bf16, ...); default: ATOM_TIER_KV_CACHE_DTYPE"
     )
     model.add_argument("--device-kv-tokens", type=int, help="vLLM's 'GPU KV cache size'")
     model.add_argument("--gpu-gb", type=float, help="memory per GPU, GiB")
@@ -65,10 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tiers.add_argument("--dram-gb", default="0,16,32,64,128", help="'0,16,32' or 'A:B:STEP'")
     tiers.add_argument("--nvme-gb", default="0", help="'0,1000' or 'A:B:STEP'")
     tiers.add_argument("--shared-gb", type=float, default=0.0, help="a shared tier after NVMe")
-    tiers.add_argument(
-        "--eviction", default=settings.eviction.value, help="DRAM policy (ATOM_TIER_EVICTION)"
-    )
-    tiers.add_argument("--chunk-tokens", type=int, default=settings.chunk_tokens)
+    tiers.add_argument("--eviction", help="DRAM policy; default: ATOM_TIER_EVICTION")
+    tiers.add_argument("--chunk-tokens", type=int, help="default: ATOM_TIER_CHUNK_TOKENS")
     parser.add_argument("--json", type=Path, help="write every configuration here")
     parser.add_argument("--png", type=Path, help="write the plot here")
 
@@ -82,7 +81,7 @@ def _deployment(args: argparse.Namespace) -> Deployment:
     else:
         raise PlanInputError("give the model: --model PATH (config.json) or --kv-bytes-per-token")
     if args.weights_gb is not None:
-        weights = int(args.weights_gb * 2**30)
+        weights = int(args.weights_gb * GIB)
     return Deployment.from_inputs(
         kv_bytes_per_token=per_token,
         kv_explanation=explained,
@@ -94,8 +93,27 @@ def _deployment(args: argparse.Namespace) -> Deployment:
     )
 
 
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the options whose defaults are settings (ATOM_TIER_*)."""
+    settings = load_settings()
+    if args.kv_dtype is None:
+        dtype = settings.kv_cache_dtype
+        args.kv_dtype = "fp8" if dtype is KvCacheDtype.AUTO else dtype.value
+    if args.eviction is None:
+        args.eviction = settings.eviction.value
+    if args.chunk_tokens is None:
+        args.chunk_tokens = settings.chunk_tokens
+
+
 def _plan(args: argparse.Namespace) -> int:
+    from atom_tier.plan.policies import POLICIES
+    from atom_tier.plan.report import format_table, to_json, write_json, write_png
+    from atom_tier.plan.sweep import parse_sizes, run_sweep, verdict
+    from atom_tier.plan.workload import WorkloadOptions
+    from atom_tier.replay.plots import MISSING_NOTE
+
     started = time.perf_counter()
+    _resolve_defaults(args)
     dram = parse_sizes(args.dram_gb, "--dram-gb")
     nvme = parse_sizes(args.nvme_gb, "--nvme-gb")
     if args.shared_gb < 0:
@@ -105,7 +123,7 @@ def _plan(args: argparse.Namespace) -> int:
             f"--eviction {args.eviction!r}: expected one of {', '.join(sorted(POLICIES))}"
         )
     deployment = _deployment(args)
-    options = WorkloadOptions(
+    options: WorkloadOptions = WorkloadOptions(
         users=args.users,
         token_scale=args.token_scale,
         think_scale=args.think_scale,
@@ -118,6 +136,9 @@ def _plan(args: argparse.Namespace) -> int:
         recycle=args.recycle,
         seed=args.seed,
     )
+    from atom_tier.plan.workload import build_workload
+    from atom_tier.replay.traces import load_traces
+
     traces = load_traces(args.traces, limit=args.limit_traces, seed=args.seed)
     workload = build_workload(
         traces.sessions, options, chunk_tokens=args.chunk_tokens, block_tokens=args.block_tokens
@@ -148,8 +169,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atom_tier.replay.traces import ReplayInputError
+
     try:
         return _plan(args)
-    except (PlanInputError, ReplayInputError) as error:
+    except (PlanInputError, ReplayInputError, SettingsError) as error:
         print(f"atom-tier plan: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

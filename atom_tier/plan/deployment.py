@@ -1,8 +1,8 @@
 """The deployment a plan is for: KV bytes per token from a model's ``config.json``, the device
 KV cache it leaves, and sizes in chunks.
 
-This is the planner's one door to atom-tier's sizing arithmetic (GiB, the size formatter): when
-that moves into ``atom_tier/sizing.py`` only the imports below change.
+The arithmetic (GiB, KV bytes per token, the size formatters) is :mod:`atom_tier.sizing`'s;
+this module reads its inputs from a checkpoint's files.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atom_tier.settings import GIB
-from atom_tier.sizes import gb_value, human_size
+from atom_tier.sizing import GIB, gb_value, human_size, kv_token_bytes
 
 __all__ = ["GIB", "Deployment", "PlanInputError", "gb_value", "human_size", "model_kv"]
 
@@ -83,7 +82,7 @@ def model_kv(model: Path, kv_dtype: str) -> ModelKv:
     latent = _int_field(config, path, "kv_lora_rank")
     if latent is not None:
         rope = _int_field(config, path, "qk_rope_head_dim") or 0
-        per_token = full_layers * (latent + rope) * value_bytes
+        per_token = kv_token_bytes(full_layers, 1, latent + rope, value_bytes, mla=True)
         explanation = (
             f"{full_layers} layers x ({latent} latent + {rope} rope) x {value_bytes} B (MLA)"
         )
@@ -100,7 +99,7 @@ def model_kv(model: Path, kv_dtype: str) -> ModelKv:
                 f"{path}: cannot tell the KV heads and head dim (need 'num_key_value_heads' or "
                 "'num_attention_heads', and 'head_dim' or 'hidden_size')"
             )
-        per_token = 2 * full_layers * kv_heads * head_dim * value_bytes
+        per_token = kv_token_bytes(full_layers, kv_heads, head_dim, value_bytes)
         explanation = (
             f"2 x {full_layers} layers x {kv_heads} KV heads x {head_dim} head dim x "
             f"{value_bytes} B ({kv_dtype})"
