@@ -141,8 +141,6 @@ def dram_requirement(
     return DramRequirement(prefix, concurrency, kv_bytes_per_token, reason)
 
 
-
-
 def device_share(vllm_config: Any, devices_on_node: int | None) -> float:
     """Share of this node's GPUs one engine uses; 1.0 where the device count is unknown.
 
@@ -182,7 +180,6 @@ def device_kv_tokens(vllm_config: Any) -> int | None:
     cache = vllm_config.cache_config
     blocks = cache.num_gpu_blocks_override or cache.num_gpu_blocks
     return int(blocks * cache.block_size) if blocks and cache.block_size else None
-
 
 
 # -- NVMe tier ---------------------------------------------------------------------------------

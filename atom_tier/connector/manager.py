@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
+from typing_extensions import override
 from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
     OffloadingConnectorStats,
 )
@@ -26,7 +27,7 @@ from vllm.v1.kv_offload.base import (
 from vllm.v1.kv_offload.tiering.manager import TieringOffloadingManager
 from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
-from atom_tier.connector import metrics
+from atom_tier.connector import metrics, vllm_compat
 
 
 def tier_label(index: int, tier_type: str) -> tuple[str]:
@@ -45,14 +46,12 @@ class MeteredTieringManager(OffloadingManager):
 
     # -- atom-tier's additions ---------------------------------------------------------------
     def dram_used_chunks(self) -> int:
-        primary = self.inner.primary_tier
-        # Chunks never handed out or back on the free list hold nothing; the rest hold KV
-        # (ready or being written). vLLM keeps the pool private; this is its own arithmetic.
-        return int(primary._num_chunks - primary._get_num_free_chunks())
+        return vllm_compat.dram_tier_chunks(self.inner.primary_tier)[0]
 
     def dram_capacity_chunks(self) -> int:
-        return int(self.inner.primary_tier._num_chunks)
+        return vllm_compat.dram_tier_chunks(self.inner.primary_tier)[1]
 
+    @override
     def get_stats(self) -> OffloadingConnectorStats | None:
         """vLLM's stats plus atom-tier's, without gauges that did not change; None if empty.
 
@@ -77,48 +76,62 @@ class MeteredTieringManager(OffloadingManager):
         return None if stats.is_empty() else stats
 
     # -- plain forwarding ----------------------------------------------------------------------
+    @override
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
         return self.inner.lookup(key, req_context)
 
+    @override
     def get_load_source(self, key: OffloadKey, req_context: ReqContext) -> CacheHitSource:
         return self.inner.get_load_source(key, req_context)
 
+    @override
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
         return self.inner.prepare_load(keys, req_context)
 
+    @override
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.inner.touch(keys, req_context)
 
+    @override
     def complete_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.inner.complete_load(keys, req_context)
 
+    @override
     def prepare_store(
         self, keys: Collection[OffloadKey], req_context: ReqContext
     ) -> PrepareStoreOutput | None:
         return self.inner.prepare_store(keys, req_context)
 
+    @override
     def complete_store(
         self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True
     ) -> None:
         self.inner.complete_store(keys, req_context, success)
 
+    @override
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return self.inner.on_new_request(req_context)
 
+    @override
     def on_request_finished(self, req_context: ReqContext) -> None:
         self.inner.on_request_finished(req_context)
 
+    @override
     def take_events(self) -> Iterable[OffloadingEvent]:
         return self.inner.take_events()
 
+    @override
     def on_schedule_end(self, context: ScheduleEndContext) -> None:
         self.inner.on_schedule_end(context)
 
+    @override
     def has_pending_work(self) -> bool:
         return self.inner.has_pending_work()
 
+    @override
     def reset_cache(self) -> None:
         self.inner.reset_cache()
 
+    @override
     def shutdown(self) -> None:
         self.inner.shutdown()

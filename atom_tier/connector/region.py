@@ -16,20 +16,15 @@ which :class:`AtomTierSharedRegion` treats as the normal case instead of logging
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from typing_extensions import override
 from vllm.v1.kv_offload.cpu.shared_offload_region import SharedOffloadRegion
 
+from atom_tier.connector import vllm_compat
+from atom_tier.connector.vllm_compat import region_path
 from atom_tier.log import get_logger
 
 logger = get_logger(__name__)
-
-SHM_DIR = Path("/dev/shm")
-
-
-def region_path(engine_id: str) -> Path:
-    """The file vLLM's SharedOffloadRegion maps for an engine (its naming, not ours)."""
-    return SHM_DIR / f"vllm_offload_{engine_id}.mmap"
 
 
 def drop_region_name(engine_id: str) -> bool:
@@ -46,15 +41,16 @@ def drop_region_name(engine_id: str) -> bool:
 class AtomTierSharedRegion(SharedOffloadRegion):
     """SharedOffloadRegion whose cleanup removes the file name only if it is still its own."""
 
+    @override
     def cleanup(self) -> None:
         fd = getattr(self, "fd", None)
-        # `_creator` is the parent's "unlink at cleanup" flag. Clear it when the name is gone
-        # (dropped by the scheduler once mapped) or now names another engine's file.
-        if getattr(self, "_creator", False) and fd is not None:
+        # Leave the name alone when it is gone (dropped by the scheduler once mapped) or now
+        # names another engine's file.
+        if vllm_compat.region_unlinks_at_cleanup(self) and fd is not None:
             try:
                 still_ours = os.stat(self.mmap_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 still_ours = False
             if not still_ours:
-                self._creator = False
+                vllm_compat.keep_region_file(self)
         super().cleanup()

@@ -8,34 +8,31 @@ connector when no ``--kv-transfer-config`` was given, preflight and the feature 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch
+from typing_extensions import override
 from vllm.platforms.cpu import CpuPlatform
 from vllm.platforms.interface import CpuArchEnum
 
+from atom_tier.connector import vllm_compat
 from atom_tier.names import CONNECTOR_NAME
-from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
-from atom_tier.platform.startup import stops_start_up
+from atom_tier.platform.delegate import connector_registered
+from atom_tier.platform.hooks import AtomTierHooks
 from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
-
-if TYPE_CHECKING:
-    from vllm.config import VllmConfig
 
 # vLLM's CPU attention stores fp8 KV only with head sizes that are multiples of 32.
 CPU_FP8_HEAD_MULTIPLE = 32
 
 
-class AtomTierCpuPlatform(CpuPlatform):
+class AtomTierCpuPlatform(AtomTierHooks, CpuPlatform):
     """CpuPlatform + atom-tier's policy."""
 
     @classmethod
+    @override
     def atom_tier_facts(cls) -> PlatformFacts:
         from vllm.compilation.breakable_cudagraph import is_breakable_cudagraph_enabled
         from vllm.utils.torch_utils import is_torch_equal_or_newer
 
         x86 = cls.get_cpu_architecture() == CpuArchEnum.X86
-        fp8 = x86 and (torch.cpu._is_avx512_supported() or torch.cpu._is_amx_tile_supported())
+        fp8 = x86 and vllm_compat.cpu_has_fp8_kv_isa()
         return PlatformFacts(
             name="cpu",
             static_graphs=cls.support_static_graph_mode(),
@@ -45,15 +42,3 @@ class AtomTierCpuPlatform(CpuPlatform):
             breakable_cudagraph=bool(is_breakable_cudagraph_enabled()),
             connector_registered=connector_registered(CONNECTOR_NAME),
         )
-
-    @classmethod
-    def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
-        super().apply_config_platform_defaults(vllm_config)
-        with stops_start_up():
-            apply_defaults(vllm_config, cls.atom_tier_facts())
-
-    @classmethod
-    def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
-        super().check_and_update_config(vllm_config)
-        with stops_start_up():
-            check_and_report(vllm_config, cls.atom_tier_facts())

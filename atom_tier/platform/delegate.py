@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atom_tier.connector import vllm_compat
 from atom_tier.log import get_logger
 from atom_tier.policy import Decision, PlatformFacts, apply_decisions
 from atom_tier.policy.report import FeatureStatus, build_feature_report, log_block
@@ -33,9 +34,7 @@ _PENDING: dict[int, tuple[Any, list[Decision] | None]] = {}
 
 def connector_registered(name: str) -> bool:
     """Whether vLLM's connector factory knows ``name`` (atom-tier's general plugin adds it)."""
-    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
-
-    return name in getattr(KVConnectorFactory, "_registry", {})
+    return name in vllm_compat.registered_connectors()
 
 
 def recorded_decisions(vllm_config: Any) -> list[Decision] | None:

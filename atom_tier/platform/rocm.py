@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
 from vllm.platforms.rocm import RocmPlatform
 
+from atom_tier.connector import vllm_compat
 from atom_tier.names import CONNECTOR_NAME
-from atom_tier.platform.delegate import apply_defaults, check_and_report, connector_registered
-from atom_tier.platform.startup import stops_start_up
+from atom_tier.platform.delegate import connector_registered
+from atom_tier.platform.hooks import AtomTierHooks
 from atom_tier.policy import GRAPH_PARTITION_TORCH, PlatformFacts
 from atom_tier.settings import load_settings
 
@@ -24,26 +26,27 @@ if TYPE_CHECKING:
     from vllm.v1.attention.selector import AttentionSelectorConfig
 
 
-class AtomTierRocmPlatform(RocmPlatform):
+class AtomTierRocmPlatform(AtomTierHooks, RocmPlatform):
     """RocmPlatform + atom-tier: graphs, FP8 KV, AITER, fused pass, tiered connector."""
 
     @classmethod
+    @override
     def atom_tier_facts(cls) -> PlatformFacts:
         """What only this platform knows, for the policy (read at each hook: cheap)."""
-        from vllm._aiter_ops import is_aiter_found_and_supported, rocm_aiter_ops
         from vllm.compilation.breakable_cudagraph import is_breakable_cudagraph_enabled
-        from vllm.platforms import rocm as vllm_rocm
         from vllm.utils.torch_utils import is_torch_equal_or_newer
+
+        aiter = vllm_compat.rocm_aiter_ops()
 
         return PlatformFacts(
             name="rocm",
             static_graphs=cls.support_static_graph_mode(),
             fp8_kv=cls.supports_fp8(),
-            aiter_available=bool(is_aiter_found_and_supported()),
-            aiter_enabled=bool(rocm_aiter_ops.is_enabled()),
-            aiter_mha_enabled=bool(rocm_aiter_ops.is_mha_enabled()),
-            aiter_mla_enabled=bool(rocm_aiter_ops.is_mla_enabled()),
-            gcn_arch=getattr(vllm_rocm, "_GCN_ARCH", None),
+            aiter_available=vllm_compat.aiter_found_and_supported(),
+            aiter_enabled=bool(aiter.is_enabled()),
+            aiter_mha_enabled=bool(aiter.is_mha_enabled()),
+            aiter_mla_enabled=bool(aiter.is_mla_enabled()),
+            gcn_arch=vllm_compat.rocm_gcn_arch(),
             fp8_dtype=str(cls.fp8_dtype()).removeprefix("torch."),
             graph_partition=is_torch_equal_or_newer(GRAPH_PARTITION_TORCH),
             breakable_cudagraph=bool(is_breakable_cudagraph_enabled()),
@@ -51,23 +54,15 @@ class AtomTierRocmPlatform(RocmPlatform):
         )
 
     @classmethod
+    @override
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
-        from vllm._aiter_ops import rocm_aiter_ops
-
-        # vLLM's AITER switches are class attributes read when vllm._aiter_ops is imported;
-        # re-read them in case that happened before selection set VLLM_ROCM_USE_AITER.
-        rocm_aiter_ops.refresh_env_variables()
+        # vLLM's AITER switches are class attributes read when its AITER ops module is
+        # imported; re-read them in case that happened before selection set VLLM_ROCM_USE_AITER.
+        vllm_compat.rocm_aiter_ops().refresh_env_variables()
         super().apply_config_platform_defaults(vllm_config)
-        with stops_start_up():
-            apply_defaults(vllm_config, cls.atom_tier_facts())
 
     @classmethod
-    def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
-        super().check_and_update_config(vllm_config)
-        with stops_start_up():
-            check_and_report(vllm_config, cls.atom_tier_facts())
-
-    @classmethod
+    @override
     def get_valid_backends(
         cls,
         device_capability: DeviceCapability,

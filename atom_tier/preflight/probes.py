@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 import importlib.metadata as metadata
 import importlib.util
-import mmap
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from atom_tier.preflight.context import (
@@ -21,8 +18,8 @@ from atom_tier.preflight.context import (
 )
 from atom_tier.settings import AtomTierSettings
 from atom_tier.sizing import DramBudget
+from atom_tier.tiers.direct_engine import probe_o_direct
 
-O_DIRECT_ALIGNMENT = 4096
 SHM_ROOT = Path("/dev/shm")
 # Python's multiprocessing.shared_memory names its segments psm_<hex>; vLLM's shared-memory
 # message queues use it, and a process killed with SIGKILL never unlinks them.
@@ -119,34 +116,6 @@ def probe_devices_on_node() -> int | None:
         return int(current_platform.device_count())
     except Exception:  # no device query: size as if the server owned the node
         return None
-
-
-def probe_o_direct(directory: Path) -> bool:
-    """True when a file in `directory` can be written and read back with O_DIRECT."""
-    flag = getattr(os, "O_DIRECT", None)
-    if flag is None:
-        return False
-    fd, name = tempfile.mkstemp(prefix=".atom-tier-odirect-", dir=directory)
-    os.close(fd)
-    # O_DIRECT needs buffers aligned to the logical block size; an anonymous mmap is
-    # page-aligned, which satisfies every block size up to the page size.
-    buffer = mmap.mmap(-1, O_DIRECT_ALIGNMENT)
-    try:
-        buffer.write(b"atom-tier".ljust(O_DIRECT_ALIGNMENT, b"\0"))
-        fd = os.open(name, os.O_RDWR | flag)
-        try:
-            if os.pwritev(fd, [buffer], 0) != O_DIRECT_ALIGNMENT:
-                return False
-            return os.preadv(fd, [buffer], 0) == O_DIRECT_ALIGNMENT
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-            return False
-        raise
-    finally:
-        buffer.close()
-        os.unlink(name)
 
 
 def directory_bytes(path: Path) -> int:

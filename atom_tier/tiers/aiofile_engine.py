@@ -1,7 +1,7 @@
 """The buffered engine of the NVMe tier: aiofile (caio) async I/O.
 
 Used where the filesystem refuses O_DIRECT (overlayfs, some NFS), or when asked for. See
-``aio`` for why the O_DIRECT engine does not go through aiofile.
+``direct_engine`` for why the O_DIRECT engine does not go through aiofile.
 
 caio needs an asyncio loop; the engine runs its own on one thread. The store's I/O threads
 open, checksum, verify and rename; only the reads and writes of a group of chunks go to the
@@ -18,7 +18,6 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, BinaryIO, TypeVar
 
-from atom_tier.tiers.aio import ChunkEngine, ReadItem, WriteItem, verify_read
 from atom_tier.tiers.chunk_format import (
     HEADER_BLOCK,
     ChunkFormatError,
@@ -26,6 +25,7 @@ from atom_tier.tiers.chunk_format import (
     encode_header,
     payload_checksum,
 )
+from atom_tier.tiers.engines import ChunkEngine, ReadItem, WriteItem, verify_read
 
 _T = TypeVar("_T")
 _ERRNO_BY_MESSAGE = {os.strerror(code): code for code in errno.errorcode}

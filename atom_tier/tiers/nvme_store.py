@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 
 from atom_tier.log import get_logger
 from atom_tier.sizing import human_size
-from atom_tier.tiers.aio import ChunkEngine, make_engine
 from atom_tier.tiers.chunk_format import (
     TEMP_SUFFIX,
     ChunkFormatError,
@@ -42,6 +41,7 @@ from atom_tier.tiers.chunk_format import (
     chunk_relpath,
     file_size_for,
 )
+from atom_tier.tiers.engines import ChunkEngine, make_engine
 from atom_tier.tiers.index import ChunkIndex, Victim
 from atom_tier.tiers.io_jobs import submit_job
 from atom_tier.tiers.rebuild import (

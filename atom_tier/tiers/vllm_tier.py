@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from typing_extensions import override
 from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
     OffloadingConnectorStats,
 )
@@ -145,7 +146,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
         )
         self._finished: deque[JobResult] = deque()
         self._open_jobs = 0
-        self._last_stats: dict[str, float] = {}
+        self._last_counters: dict[str, float] = {}
         logger.info("atom-tier NVMe tier (%s) at %s", tier_type, root)
         logger.info("atom-tier NVMe tier model identity %s", self.identity.describe())
         if self.identity.source == "unverified":
@@ -156,12 +157,15 @@ class AtomTierNvmeTier(SecondaryTierManager):
             )
 
     # -- lookups ---------------------------------------------------------------------------
+    @override
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
         return LookupResult.HIT if self.store.lookup(key) else LookupResult.MISS
 
+    @override
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.store.touch(keys)
 
+    @override
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return RequestOffloadingContext()
 
@@ -170,6 +174,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
         start = int(chunk_id) * self.block_size_bytes
         return self._flat[start : start + self.block_size_bytes]
 
+    @override
     def submit_store(self, job_metadata: TransferJob) -> None:
         items = [
             (bytes(key), self._row(cid))
@@ -191,6 +196,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
             JobResult(job_id, ok, transfer_time=time.monotonic() - start, transfer_bytes=nbytes)
         )
 
+    @override
     def submit_load(self, job_metadata: TransferJob) -> None:
         keys = [bytes(k) for k in job_metadata.keys]
         items = [(k, self._row(c)) for k, c in zip(keys, job_metadata.chunk_ids, strict=True)]
@@ -221,6 +227,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
             )
         )
 
+    @override
     def get_finished_jobs(self) -> Iterable[JobResult]:
         results = []
         while self._finished:
@@ -228,12 +235,15 @@ class AtomTierNvmeTier(SecondaryTierManager):
         self._open_jobs -= len(results)
         return results
 
+    @override
     def has_pending_work(self) -> bool:
         return self._open_jobs > 0
 
+    @override
     def drain_jobs(self) -> None:
         self.store.drain()
 
+    @override
     def shutdown(self) -> None:
         self.store.close()
 
@@ -247,6 +257,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
         return self.store.stats()
 
     @classmethod
+    @override
     def build_metric_definitions(
         cls, extra_config: dict[str, Any]
     ) -> dict[str, OffloadingMetricMetadata]:
@@ -261,16 +272,20 @@ class AtomTierNvmeTier(SecondaryTierManager):
             )
         return metrics
 
+    @override
     def get_stats(self) -> OffloadingConnectorStats | None:
-        """Counter increments and changed gauges since the previous call."""
+        """Counter increments since the previous call, and every gauge.
+
+        Unchanged gauges are dropped once for all tiers by atom-tier's manager
+        (``connector.metrics.drop_unchanged_gauges``) before a report leaves the engine.
+        """
         now = self.store.stats()
         stats = OffloadingConnectorStats()
         for name in COUNTER_NAMES:
-            delta = now[name] - self._last_stats.get(name, 0.0)
+            delta = now[name] - self._last_counters.get(name, 0.0)
             if delta:
                 stats.increase_counter(METRIC_PREFIX + name, delta)
         for name in GAUGE_NAMES:
-            if now[name] != self._last_stats.get(name):
-                stats.set_gauge(METRIC_PREFIX + name, now[name])
-        self._last_stats = now
+            stats.set_gauge(METRIC_PREFIX + name, now[name])
+        self._last_counters = {name: now[name] for name in COUNTER_NAMES}
         return None if stats.is_empty() else stats

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from atom_tier.tiers.aio import probe_o_direct
+from atom_tier.tiers.direct_engine import probe_o_direct
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 
 StoreFactory = Callable[..., NvmeChunkStore]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from atom_tier.tiers import aio, nvme_store
+from atom_tier.tiers import direct_engine as aio
+from atom_tier.tiers import nvme_store
 from atom_tier.tiers.chunk_format import chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from tests.tiers.conftest import StoreFactory, disk_usage, engines, payload_for

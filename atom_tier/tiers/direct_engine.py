@@ -1,7 +1,6 @@
-"""File I/O engines of the NVMe tier, called from the tier's I/O threads.
+"""The NVMe tier's O_DIRECT engine (``direct``), and the probe that says whether it can run.
 
-Two engines, chosen by probing the tier's directory at start-up (the second lives in
-``aiofile_engine``):
+One of the tier's two engines (:mod:`.engines` chooses; :mod:`.aiofile_engine` is the other):
 
 ``direct``  O_DIRECT with aligned buffers. Page-aligned DRAM-tier slots are written from and
             read into directly (zero copy); anything unaligned goes through a bounce buffer
@@ -24,7 +23,6 @@ import errno
 import mmap
 import os
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from atom_tier.tiers.chunk_format import (
@@ -34,12 +32,9 @@ from atom_tier.tiers.chunk_format import (
     align_up,
     encode_header,
     payload_checksum,
-    verify_chunk,
 )
+from atom_tier.tiers.engines import ChunkEngine, ReadItem, WriteItem, verify_read
 
-# (temp path, final path, namespace, key, payload) and (path, namespace, key, out buffer)
-WriteItem = tuple[str, str, bytes, bytes, memoryview]
-ReadItem = tuple[str, bytes, bytes, memoryview]
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # Linux moves at most this many bytes per read/write call.
 _MAX_IO = 0x7FFFF000
@@ -132,36 +127,6 @@ def _cap(buffers: list[memoryview]) -> list[memoryview]:
     return out
 
 
-class ChunkEngine(ABC):
-    """Writes and reads whole chunk files (header block + payload).
-
-    Both calls block and run on the tier's I/O threads; each handles one group of chunks
-    back to back and reports per chunk instead of raising.
-    """
-
-    name = "engine"
-    o_direct = False
-
-    @abstractmethod
-    def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
-        """Checksum, write ``temp``, publish it as ``final`` (rename); per chunk None or the
-        OSError that stopped it (its temp file may be left for the caller to remove)."""
-
-    @abstractmethod
-    def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
-        """Fill each buffer with its verified payload; per chunk None, an OSError or a
-        ChunkFormatError."""
-
-    def close(self) -> None:
-        return
-
-
-def verify_read(
-    header: bytearray | memoryview, out: memoryview, got: int, namespace: bytes, key: bytes
-) -> None:
-    verify_chunk(header, out.cast("B"), got, namespace=namespace, key=key)
-
-
 class DirectEngine(ChunkEngine):
     """O_DIRECT with aligned buffers, positional syscalls (which release the GIL)."""
 
@@ -252,40 +217,32 @@ class DirectEngine(ChunkEngine):
         self.pool.close()
 
 
-def probe_o_direct(directory: str) -> bool:
-    """Whether O_DIRECT write + read with aligned buffers works in ``directory``."""
+def probe_o_direct(directory: str | os.PathLike[str]) -> bool:
+    """Whether O_DIRECT write + read back with aligned buffers works in ``directory``.
+
+    False where the filesystem refuses O_DIRECT (EINVAL, EOPNOTSUPP); any other OSError (no
+    such directory, not writable, disk full) is raised: that is not an answer about O_DIRECT.
+    """
     if not O_DIRECT:
         return False
-    path = os.path.join(directory, f".o_direct_probe.{os.getpid()}{threading.get_ident()}")
+    path = os.path.join(directory, f".o_direct_probe.{os.getpid()}.{threading.get_ident()}")
     buf = mmap.mmap(-1, ALIGNMENT)
+    back = mmap.mmap(-1, ALIGNMENT)
     try:
         buf[:8] = b"atomtier"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | O_DIRECT, 0o644)
         try:
-            os.pwrite(fd, buf, 0)
-            back = mmap.mmap(-1, ALIGNMENT)
-            try:
-                return os.preadv(fd, [back], 0) == ALIGNMENT and back[:8] == b"atomtier"
-            finally:
-                back.close()
+            if os.pwritev(fd, [buf], 0) != ALIGNMENT:
+                return False
+            return os.preadv(fd, [back], 0) == ALIGNMENT and back[:8] == b"atomtier"
         finally:
             os.close(fd)
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise
     finally:
         buf.close()
+        back.close()
         with contextlib.suppress(OSError):
             os.remove(path)
-
-
-def make_engine(directory: str, kind: str) -> ChunkEngine:
-    """``kind``: "auto" (direct when O_DIRECT works here, else aiofile), "direct", "aiofile"."""
-    if kind not in ("auto", "direct", "aiofile"):
-        raise ValueError(f"unknown NVMe tier I/O engine {kind!r}: use auto, direct or aiofile")
-    if kind == "direct" or (kind == "auto" and probe_o_direct(directory)):
-        if kind == "direct" and not probe_o_direct(directory):
-            raise OSError(errno.EINVAL, f"O_DIRECT is not supported in {directory}")
-        return DirectEngine()
-    from atom_tier.tiers.aiofile_engine import make_aiofile_engine
-
-    return make_aiofile_engine(directory)
