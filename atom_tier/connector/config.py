@@ -12,8 +12,6 @@ memory (or the cgroup limit), the size of /dev/shm, and the GPU count.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from typing import Any
 
@@ -21,15 +19,13 @@ from atom_tier.log import get_logger
 from atom_tier.names import SPEC_MODULE, SPEC_NAME
 from atom_tier.preflight.checks_connector import chunk_tokens_finding, connector_engine_finding
 from atom_tier.preflight.findings import Level
-from atom_tier.preflight.probes import probe_devices_on_node, probe_dram_budget
 from atom_tier.settings import AtomTierSettings
 from atom_tier.sizing import device_share, dram_tier_bytes, human_size
+from atom_tier.tiers import nvme_secondary_tier_config
+from atom_tier.tiers.host import probe_devices_on_node, probe_dram_budget
 from atom_tier.tiers.model_identity import numerics_digest
 
 logger = get_logger(__name__)
-
-TIERS_MODULE = "atom_tier.tiers"
-NVME_TIER_FACTORY = "nvme_secondary_tier_config"
 
 
 class ConnectorConfigError(ValueError):
@@ -84,22 +80,9 @@ def model_identity_entry(vllm_config: Any, settings: AtomTierSettings) -> dict[s
 def secondary_tiers(
     settings: AtomTierSettings, model_identity: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Secondary tier entries (the NVMe tier) for vLLM's TieringOffloadingSpec."""
-    factory = None
-    if importlib.util.find_spec(TIERS_MODULE) is not None:
-        factory = getattr(importlib.import_module(TIERS_MODULE), NVME_TIER_FACTORY, None)
-    if factory is None:
-        if settings.nvme_enabled:
-            logger.warning(
-                "ATOM_TIER_NVME_PATH=%s is set but this atom-tier has no NVMe tier "
-                "(%s.%s is missing): running with the DRAM tier only",
-                settings.nvme_path,
-                TIERS_MODULE,
-                NVME_TIER_FACTORY,
-            )
-        return []
-    entry = factory(settings, model_identity)
-    return [dict(entry)] if entry else []
+    """Secondary tier entries for vLLM's TieringOffloadingSpec, in lookup order."""
+    nvme = nvme_secondary_tier_config(settings, model_identity)
+    return [nvme] if nvme else []
 
 
 def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from atom_tier.lmcache.config import (
     lmcache_config,
 )
 from atom_tier.names import KV_ROLE, LMCACHE_CONNECTOR
-from atom_tier.preflight.probes import probe_devices_on_node, probe_dram_budget
 from atom_tier.settings import AtomTierSettings
 from atom_tier.sizing import DramBudget, auto_capacity, auto_dram_tier_bytes, device_share
+from atom_tier.tiers.host import probe_devices_on_node, probe_dram_budget
 
 
 def local_workers(vllm_config: Any | None) -> int:

@@ -166,3 +166,21 @@ def cuda_only_distributions(search_path: Sequence[str | Path] | None = None) -> 
         if any(pattern.match(name) for pattern in CUDA_ONLY_DISTRIBUTIONS):
             found.add(name)
     return tuple(sorted(found))
+
+
+@dataclass(frozen=True)
+class LMCacheFacts:
+    """What the LMCache guards probe. ``hash_randomization``: this interpreter salts str
+    hashes (``sys.flags.hash_randomization``), i.e. it did not start with PYTHONHASHSEED=0."""
+
+    native_ops: NativeOps
+    cuda_only: tuple[str, ...]
+    hash_randomization: bool
+
+
+def probe_lmcache_facts(search_path: list[str] | None = None) -> LMCacheFacts:
+    return LMCacheFacts(
+        native_ops=probe_native_ops(search_path),
+        cuda_only=cuda_only_distributions(search_path),
+        hash_randomization=bool(sys.flags.hash_randomization),
+    )

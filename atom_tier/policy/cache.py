@@ -1,6 +1,6 @@
 """KV cache policy: FP8 KV cache, prefix caching, async scheduling, the tiered connector.
 
-Choices where the issue was silent:
+Choices made here (and why):
 
 - FP8 KV: ``--kv-cache-dtype auto`` given explicitly cannot be told from the default, so the
   opt-out is ``ATOM_TIER_KV_CACHE_DTYPE=auto``. Any other explicit dtype is kept. Models whose

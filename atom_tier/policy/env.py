@@ -9,7 +9,7 @@ quick all-reduce quantization for vLLM (``VLLM_ROCM_QUICK_REDUCE_QUANTIZATION``)
 ``PYTHONHASHSEED=0`` so prefix hashes agree across processes. Selection sets them with
 set-if-absent semantics: an operator's explicit value wins.
 
-Choice where the issue was silent: AITER's quick all-reduce has no INT8 codec (its choices are
+Choice: AITER's quick all-reduce has no INT8 codec (its choices are
 FP, FP8, INT6, INT4, INT3, NONE). ``ATOM_TIER_QUICK_REDUCE=INT8`` gives vLLM INT8 and AITER FP8:
 the same 8 bits on the wire and the closest accuracy/bandwidth trade-off AITER offers.
 """

@@ -14,7 +14,7 @@ from a recipe, or an optimization level that leaves graphs off or PIECEWISE). At
   here wins over every level; ``mode`` is set to VLLM_COMPILE when unset because piecewise
   graphs need piecewise compilation (O0 would leave it NONE).
 
-Choices where the issue was silent:
+Choices made here (and why):
 
 - An explicit ``cudagraph_mode`` other than NONE (``-cc.cudagraph_mode=PIECEWISE``, FULL, ...)
   is kept: it is a deliberate graph choice, not eager, typically made because full graphs

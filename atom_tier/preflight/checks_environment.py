@@ -9,9 +9,6 @@ from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import ENV_PREFIX, ForeignEnv, unknown_variables
 from atom_tier.versions import SUPPORTED_VLLM, vllm_supported
 
-# ctx.extra key: the unknown ATOM_TIER_* variables (variable -> closest setting or None);
-# probed from the process environment when absent, tests put their own.
-UNKNOWN_SETTINGS_KEY = "unknown_settings"
 AMD_AITER_DISTRIBUTION = "amd-aiter"
 # The distribution of the unrelated PyPI async-iterator library that is also imported as `aiter`.
 PYPI_AITER_DISTRIBUTION = "aiter"
@@ -205,9 +202,9 @@ def unknown_setting_findings(unknown: Mapping[str, str | None]) -> list[Finding]
 
 @check("unknown-setting", area="environment")
 def check_unknown_settings(ctx: CheckContext) -> Iterator[Finding]:
-    unknown = ctx.extra.get(UNKNOWN_SETTINGS_KEY)
-    if unknown is None:
-        unknown = ctx.extra[UNKNOWN_SETTINGS_KEY] = unknown_variables()
+    if ctx.unknown_settings is None:  # read from the process environment, tests give theirs
+        ctx.unknown_settings = unknown_variables()
+    unknown = ctx.unknown_settings
     found = unknown_setting_findings(unknown)
     yield from found or [
         Finding(Level.OK, "unknown-setting", f"every {ENV_PREFIX}* variable names a setting")

@@ -16,30 +16,22 @@ imports for everyone, LMCache in use or not).
 * the resulting LMCache configuration, shown by ``doctor`` (or why there is none).
 
 Probes (the extension's ELF header, installed distributions, the interpreter's hash flag) run
-once per context and are kept in ``ctx.extra["lmcache"]``; tests put their own there.
+once per context and are kept in ``ctx.lmcache``; tests put their own there.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from atom_tier.lmcache.config import LMCacheConfigError
 from atom_tier.lmcache.kv_transfer import hash_algorithm, resolve_lmcache_config
-from atom_tier.lmcache.native_ops import (
-    NativeOps,
-    OpsBuild,
-    cuda_only_distributions,
-    probe_native_ops,
-)
+from atom_tier.lmcache.native_ops import LMCacheFacts, NativeOps, OpsBuild, probe_lmcache_facts
 from atom_tier.names import LMCACHE_CONNECTORS
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import ConnectorEngine
 
-FACTS_KEY = "lmcache"
 AREA = "lmcache"
 BUILTIN_HASH = "builtin"  # LMCache's default chunk hash: Python's hash() on vLLM 0.32
 HASH_KEY = "lmcache.pre_caching_hash_algorithm"
@@ -49,30 +41,11 @@ FALLBACK_HATCH = "ATOM_TIER_ALLOW_LMCACHE_FALLBACK=1"
 SAVE_DECODE_HATCH = "ATOM_TIER_ALLOW_LMCACHE_SAVE_DECODE=1"
 
 
-@dataclass(frozen=True)
-class LMCacheFacts:
-    """What the LMCache guards probe. ``hash_randomization``: this interpreter salts str
-    hashes (``sys.flags.hash_randomization``), i.e. it did not start with PYTHONHASHSEED=0."""
-
-    native_ops: NativeOps
-    cuda_only: tuple[str, ...]
-    hash_randomization: bool
-
-
-def probe_lmcache_facts(search_path: list[str] | None = None) -> LMCacheFacts:
-    return LMCacheFacts(
-        native_ops=probe_native_ops(search_path),
-        cuda_only=cuda_only_distributions(search_path),
-        hash_randomization=bool(sys.flags.hash_randomization),
-    )
-
-
 def lmcache_facts(ctx: CheckContext) -> LMCacheFacts:
-    facts = ctx.extra.get(FACTS_KEY)
-    if not isinstance(facts, LMCacheFacts):
-        facts = probe_lmcache_facts()
-        ctx.extra[FACTS_KEY] = facts
-    return facts
+    """The LMCache probes, run once per context (importing LMCache is slow) and kept there."""
+    if ctx.lmcache is None:
+        ctx.lmcache = probe_lmcache_facts()
+    return ctx.lmcache
 
 
 def _transfer(ctx: CheckContext) -> Any | None:

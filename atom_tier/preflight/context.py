@@ -6,10 +6,12 @@ functions of a :class:`CheckContext`, so tests build contexts with the facts the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atom_tier.lmcache.native_ops import LMCacheFacts
 from atom_tier.settings import AtomTierSettings, ForeignEnv
 from atom_tier.sizing import DramBudget
 
@@ -101,4 +103,7 @@ class CheckContext:
     env: ForeignEnv
     facts: Facts
     vllm_config: Any | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Probed on first use by the checks that need them (importing LMCache is slow).
+    lmcache: LMCacheFacts | None = None
+    # ATOM_TIER_* variables that name no setting -> the closest setting (None: no close one).
+    unknown_settings: Mapping[str, str | None] | None = None

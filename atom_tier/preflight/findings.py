@@ -55,7 +55,7 @@ _REGISTRY: dict[str, Check] = {}
 
 
 def check(name: str, area: str) -> Callable[[CheckFn], CheckFn]:
-    """Register a check under a unique name; later issues add theirs the same way."""
+    """Register a check under a unique name (its module must be in ``CHECK_MODULES``)."""
 
     def decorate(fn: CheckFn) -> CheckFn:
         if name in _REGISTRY and _REGISTRY[name].run is not fn:

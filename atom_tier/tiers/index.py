@@ -10,7 +10,7 @@ Two budgets, both capped:
   the logical budget already fits, a claim can only be held up by deletions in flight, and
   those never wait for claims. So the cap holds on disk at every instant, not just on paper.
 
-Thread-safe: the scheduler thread reserves and looks up, the I/O loop claims and deletes.
+Thread-safe: the scheduler thread reserves and looks up, the I/O threads claim and delete.
 """
 
 from __future__ import annotations

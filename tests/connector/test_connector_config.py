@@ -21,7 +21,6 @@ from atom_tier.connector.connector import hit_tokens_line
 from atom_tier.preflight.checks_connector import check_dram_tier, evaluate_shm_room
 from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
 from atom_tier.preflight.findings import Level, registered_checks
-from atom_tier.preflight.probes import probe_dram_budget
 from atom_tier.settings import load_foreign_env, load_settings
 from atom_tier.sizing import (
     GIB,
@@ -30,6 +29,7 @@ from atom_tier.sizing import (
     dram_requirement,
     kv_bytes_per_token,
 )
+from atom_tier.tiers.host import probe_dram_budget
 
 MAX_MODEL_LEN = 1024
 # The tiny model: 2 layers x 2 KV heads x (K + V) x head_dim 32 x bf16.
@@ -112,17 +112,21 @@ def test_refuses_settings_that_cannot_work(vllm_config: Any) -> None:
         apply_extra_config(vllm_config, load_settings({"ATOM_TIER_DRAM_GB": "0"}))
 
 
-def test_nvme_tier_comes_from_the_tiers_package(tmp_path: Path) -> None:
-    settings = load_settings({"ATOM_TIER_NVME_PATH": str(tmp_path), "ATOM_TIER_NVME_GB": "1"})
-    try:
-        from atom_tier.tiers import nvme_secondary_tier_config
-    except ImportError:
-        # Not built yet: DRAM only, with a warning (no invented tier).
-        assert secondary_tiers(settings) == []
-    else:
-        entry = nvme_secondary_tier_config(settings)
-        assert secondary_tiers(settings) == ([dict(entry)] if entry else [])
+def test_the_nvme_tier_entry_carries_path_cap_and_identity(tmp_path: Path) -> None:
+    settings = load_settings({"ATOM_TIER_NVME_PATH": str(tmp_path), "ATOM_TIER_NVME_GB": "1.5"})
+    identity = {"model": "/models/current", "numerics": "n"}
+    assert secondary_tiers(settings, identity) == [
+        {
+            "type": "AtomTierNvmeTier",
+            "module_path": "atom_tier.tiers.vllm_tier",
+            "root_dir": str(tmp_path),
+            "capacity_bytes": 3 * 2**29,
+            "model_identity": identity,
+        }
+    ]
     assert secondary_tiers(load_settings({})) == []  # no NVMe path: no tier
+    off = load_settings({"ATOM_TIER_NVME_PATH": str(tmp_path), "ATOM_TIER_NVME_GB": "0"})
+    assert secondary_tiers(off) == []
 
 
 def test_automatic_dram_size_rule() -> None:

@@ -29,8 +29,9 @@ class FusedCase:
         return (self.qkv, self.positions, self.q_weight, self.k_weight, self.cos_sin_cache)
 
 
-def rope_table(max_pos: int, rotary_dim: int, dtype: torch.dtype, base: float = 10000.0
-               ) -> torch.Tensor:
+def rope_table(
+    max_pos: int, rotary_dim: int, dtype: torch.dtype, base: float = 10000.0
+) -> torch.Tensor:
     """``[max_pos, rotary_dim]`` = ``[cos | sin]``, vLLM's ``cos_sin_cache`` format."""
     inv = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
     ang = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv)
@@ -38,8 +39,15 @@ def rope_table(max_pos: int, rotary_dim: int, dtype: torch.dtype, base: float = 
 
 
 def make_case(
-    *, head_dim: int, dtype: torch.dtype, rotary_dim: int | None = None, num_tokens: int = 7,
-    num_heads: int = 4, num_kv_heads: int = 2, num_slots: int = 64, device: str = "cpu",
+    *,
+    head_dim: int,
+    dtype: torch.dtype,
+    rotary_dim: int | None = None,
+    num_tokens: int = 7,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    num_slots: int = 64,
+    device: str = "cpu",
     seed: int = 0,
 ) -> FusedCase:
     """Random inputs; k/v scales chosen so some values saturate the FP8 range."""
@@ -69,23 +77,32 @@ def make_case(
     return case
 
 
-def empty_cache(shape: tuple[int, ...], dtype: torch.dtype, device: str, fill: int = 0x11
-                ) -> torch.Tensor:
+def empty_cache(
+    shape: tuple[int, ...], dtype: torch.dtype, device: str, fill: int = 0x11
+) -> torch.Tensor:
     """A cache prefilled with a byte pattern, so untouched slots are detectable."""
     nbytes = torch.Size(shape).numel() * dtype.itemsize
     raw = torch.full((nbytes,), fill, dtype=torch.uint8, device=device)
     return raw.view(dtype).view(shape)
 
 
-def make_caches(layout: str, dtype: torch.dtype, num_blocks: int, block_size: int,
-                num_kv_heads: int, head_dim: int, device: str
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def make_caches(
+    layout: str,
+    dtype: torch.dtype,
+    num_blocks: int,
+    block_size: int,
+    num_kv_heads: int,
+    head_dim: int,
+    device: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if layout == "flash":
         shape = (num_blocks, block_size, num_kv_heads, head_dim)
         return empty_cache(shape, dtype, device), empty_cache(shape, dtype, device)
     x = 16 // dtype.itemsize
-    return (empty_cache((num_blocks, num_kv_heads, head_dim // x, block_size, x), dtype, device),
-            empty_cache((num_blocks, num_kv_heads, head_dim, block_size), dtype, device))
+    return (
+        empty_cache((num_blocks, num_kv_heads, head_dim // x, block_size, x), dtype, device),
+        empty_cache((num_blocks, num_kv_heads, head_dim, block_size), dtype, device),
+    )
 
 
 def ordered_bits(t: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from kernels_testlib import HAS_GPU, make_caches, make_case
 # the kernels themselves in the other test modules.
 pytestmark = pytest.mark.skipif(HAS_GPU, reason="dispatch is tested on the CPU (interpreter)")
 
-FAKE_AMD_AITER_OP = '''
+FAKE_AMD_AITER_OP = """
 import torch
 from atom_tier.kernels.reference import qk_norm_rope_cache_reference
 
@@ -46,7 +46,7 @@ def fused_qk_norm_rope_cache_pts_quant_shuffle(
         qkv, positions, q_weight, k_weight, cos_sin_cache, k_cache, v_cache, slot_mapping,
         k_scale, v_scale, q_out, k_out, num_heads=num_heads_q, num_kv_heads=num_heads_k,
         head_dim=head_dim, eps=eps, is_neox=is_neox)
-'''
+"""
 
 
 def _write_package(root: Path, files: dict[str, str]) -> None:
@@ -71,21 +71,28 @@ def clean_aiter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def fake_amd_aiter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_aiter: None) -> Path:
     root = tmp_path / "fake_amd_aiter"
-    _write_package(root, {
-        "aiter/__init__.py": '"""FAKE AMD AITER for tests: only the fused op."""\n',
-        "aiter/ops/__init__.py": "",
-        "aiter/ops/fused_qk_norm_rope_cache_quant.py": FAKE_AMD_AITER_OP,
-    })
+    _write_package(
+        root,
+        {
+            "aiter/__init__.py": '"""FAKE AMD AITER for tests: only the fused op."""\n',
+            "aiter/ops/__init__.py": "",
+            "aiter/ops/fused_qk_norm_rope_cache_quant.py": FAKE_AMD_AITER_OP,
+        },
+    )
     monkeypatch.syspath_prepend(str(root))
     return root
 
 
-def test_pypi_aiter_is_not_mistaken_for_amds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             clean_aiter: None) -> None:
+def test_pypi_aiter_is_not_mistaken_for_amds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_aiter: None
+) -> None:
     # PyPI's `aiter` is an async-iterator library: a top-level module and no `aiter.ops`.
-    _write_package(tmp_path / "fake_pypi_aiter", {
-        "aiter/__init__.py": "async def aiter_helper():\n    return None\n",
-    })
+    _write_package(
+        tmp_path / "fake_pypi_aiter",
+        {
+            "aiter/__init__.py": "async def aiter_helper():\n    return None\n",
+        },
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "fake_pypi_aiter"))
     monkeypatch.setattr(dispatch, "is_rocm_build", lambda: True)  # mock: a ROCm torch
     assert dispatch.find_aiter_fused_op() is None
@@ -97,26 +104,45 @@ def test_aiter_is_never_imported_outside_a_rocm_build(fake_amd_aiter: Path) -> N
     assert "aiter" not in sys.modules
 
 
-def _run(case: object, layout: str, backend: dispatch.Backend = "auto"
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _run(
+    case: object, layout: str, backend: dispatch.Backend = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     c = case  # FusedCase
     kc, vc = make_caches(layout, torch.float8_e4m3fnuz, 4, 16, c.num_kv_heads, c.head_dim, "cpu")
     k_out = torch.empty(c.qkv.shape[0], c.num_kv_heads, c.head_dim, dtype=c.qkv.dtype)
     q = dispatch.qk_norm_rope_cache(
-        *c.tensors(), kc, vc, c.slot_mapping, c.k_scale, c.v_scale, num_heads=c.num_heads,
-        num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, eps=c.eps, is_neox=True,
-        k_out=k_out, backend=backend,
+        *c.tensors(),
+        kc,
+        vc,
+        c.slot_mapping,
+        c.k_scale,
+        c.v_scale,
+        num_heads=c.num_heads,
+        num_kv_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        eps=c.eps,
+        is_neox=True,
+        k_out=k_out,
+        backend=backend,
     )
     return q, k_out, kc, vc
 
 
 @pytest.mark.parametrize(
     ("head_dim", "layout", "expected"),
-    [(128, "flash", "aiter"), (64, "flash", "aiter"), (96, "flash", "triton"),
-     (192, "flash", "triton"), (128, "paged", "triton")],
+    [
+        (128, "flash", "aiter"),
+        (64, "flash", "aiter"),
+        (96, "flash", "triton"),
+        (192, "flash", "triton"),
+        (128, "paged", "triton"),
+    ],
 )
 def test_auto_prefers_fake_aiter_where_it_supports_the_shape(
-    fake_amd_aiter: Path, monkeypatch: pytest.MonkeyPatch, head_dim: int, layout: str,
+    fake_amd_aiter: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    head_dim: int,
+    layout: str,
     expected: str,
 ) -> None:
     monkeypatch.setattr(dispatch, "is_rocm_build", lambda: True)  # mock: a ROCm torch
@@ -162,17 +188,31 @@ def _op_args(cache_dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[object, ..
     kc, vc = make_caches("paged", cache_dtype, 4, 16, 2, head_dim, "cpu")
     q = torch.empty(7, 4, head_dim, dtype=torch.bfloat16)
     k = torch.empty(7, 2, head_dim, dtype=torch.bfloat16)
-    return (*case.tensors(), kc, vc, case.slot_mapping, case.k_scale, case.v_scale, q, k, 4, 2,
-            head_dim, 1e-6, True)
+    return (
+        *case.tensors(),
+        kc,
+        vc,
+        case.slot_mapping,
+        case.k_scale,
+        case.v_scale,
+        q,
+        k,
+        4,
+        2,
+        head_dim,
+        1e-6,
+        True,
+    )
 
 
 def test_custom_op_passes_opcheck() -> None:
     # Schema, fake implementation and mutation annotations, checked by torch itself (with a
     # bf16 cache: opcheck's own comparisons have no CPU kernels for fp8 tensors).
-    torch.library.opcheck(torch.ops.atom_tier.qk_norm_rope_cache.default,
-                          _op_args(torch.bfloat16),
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        torch.ops.atom_tier.qk_norm_rope_cache.default,
+        _op_args(torch.bfloat16),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
 
 
 def test_custom_op_traces_under_torch_compile() -> None:
@@ -195,7 +235,8 @@ def test_custom_op_traces_under_torch_compile() -> None:
             assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
     targets = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
     assert torch.ops.atom_tier.qk_norm_rope_cache.default in targets or any(
-        "qk_norm_rope_cache" in str(t) for t in targets)
+        "qk_norm_rope_cache" in str(t) for t in targets
+    )
 
 
 def test_reference_is_what_torch_backend_runs() -> None:
@@ -204,8 +245,20 @@ def test_reference_is_what_torch_backend_runs() -> None:
     kc, vc = make_caches("flash", torch.float8_e4m3fnuz, 4, 16, 2, 64, "cpu")
     q = torch.empty(7, 4, 64, dtype=torch.float16)
     k = torch.empty(7, 2, 64, dtype=torch.float16)
-    qk_norm_rope_cache_reference(*case.tensors(), kc, vc, case.slot_mapping, case.k_scale,
-                                 case.v_scale, q, k, num_heads=4, num_kv_heads=2, head_dim=64,
-                                 eps=case.eps, is_neox=True)
+    qk_norm_rope_cache_reference(
+        *case.tensors(),
+        kc,
+        vc,
+        case.slot_mapping,
+        case.k_scale,
+        case.v_scale,
+        q,
+        k,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        eps=case.eps,
+        is_neox=True,
+    )
     for a, b in zip(got, (q, k, kc, vc), strict=True):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))

@@ -62,8 +62,10 @@ def test_tiling_does_not_change_results(blocks_per_program: int, device: str) ->
     x = codec_inputs(torch.bfloat16, device)[: BLOCK * 37]
     codes, scales = int4_quantize_triton(x, blocks_per_program)
     assert torch.equal(codes.cpu(), int4_quantize_reference(x.cpu())[0])
-    assert torch.equal(int4_dequantize_triton(codes, scales, blocks_per_program).cpu(),
-                       int4_dequantize_reference(codes.cpu(), scales.cpu()))
+    assert torch.equal(
+        int4_dequantize_triton(codes, scales, blocks_per_program).cpu(),
+        int4_dequantize_reference(codes.cpu(), scales.cpu()),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -128,5 +130,6 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="power of two >= 4"):
         int4_quantize_triton(torch.zeros(64, dtype=torch.bfloat16), blocks_per_program=1)
     with pytest.raises(ValueError, match="whole blocks"):
-        int4_dequantize_reference(torch.zeros(31, dtype=torch.uint8),
-                                  torch.zeros(2, dtype=torch.bfloat16))
+        int4_dequantize_reference(
+            torch.zeros(31, dtype=torch.uint8), torch.zeros(2, dtype=torch.bfloat16)
+        )

@@ -35,9 +35,13 @@ def hard_values(dtype: torch.dtype) -> torch.Tensor:
         codes = torch.arange(0, 0x7F, dtype=torch.int16)
     else:  # random positive bf16 bit patterns, subnormals and near-max included
         g = torch.Generator().manual_seed(0)
-        codes = torch.cat([torch.randint(0, 0x7F7F, (4000,), generator=g, dtype=torch.int16),
-                           torch.arange(0, 64, dtype=torch.int16),
-                           torch.arange(0x7F40, 0x7F7F, dtype=torch.int16)])
+        codes = torch.cat(
+            [
+                torch.randint(0, 0x7F7F, (4000,), generator=g, dtype=torch.int16),
+                torch.arange(0, 64, dtype=torch.int16),
+                torch.arange(0x7F40, 0x7F7F, dtype=torch.int16),
+            ]
+        )
     width = torch.uint8 if dtype.itemsize == 1 else torch.int16
     lo = codes.to(width).view(dtype).float()
     hi = (codes + 1).to(width).view(dtype).float()
@@ -64,8 +68,9 @@ def test_fixed_interpreter_casts_equal_torch(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e4m3fnuz])
-def test_unfixed_interpreter_casts_are_wrong(dtype: torch.dtype,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unfixed_interpreter_casts_are_wrong(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from triton.runtime import interpreter
 
     original = interpreter._convert_float.original  # what conftest's fix wrapped

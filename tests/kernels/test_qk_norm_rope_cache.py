@@ -37,22 +37,36 @@ def _skip_unsupported(cache_dtype: torch.dtype) -> None:
 
 
 def run_both(
-    case: FusedCase, layout: str, cache_dtype: torch.dtype, is_neox: bool, *,
-    with_k_out: bool = True, launch: LaunchConfig | None = None,
+    case: FusedCase,
+    layout: str,
+    cache_dtype: torch.dtype,
+    is_neox: bool,
+    *,
+    with_k_out: bool = True,
+    launch: LaunchConfig | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Run kernel and reference on identical fresh buffers; return {name: (kernel, ref)}."""
     dev = case.qkv.device
     t, d = case.qkv.shape[0], case.head_dim
     outs = []
     for fn in ("triton", "reference"):
-        kc, vc = make_caches(layout, cache_dtype, NUM_BLOCKS, BLOCK_SIZE, case.num_kv_heads, d,
-                             str(dev))
+        kc, vc = make_caches(
+            layout, cache_dtype, NUM_BLOCKS, BLOCK_SIZE, case.num_kv_heads, d, str(dev)
+        )
         q = torch.full((t, case.num_heads, d), 7.0, dtype=case.qkv.dtype, device=dev)
-        k = (torch.full((t, case.num_kv_heads, d), 7.0, dtype=case.qkv.dtype, device=dev)
-             if with_k_out else None)
+        k = (
+            torch.full((t, case.num_kv_heads, d), 7.0, dtype=case.qkv.dtype, device=dev)
+            if with_k_out
+            else None
+        )
         args = (*case.tensors(), kc, vc, case.slot_mapping, case.k_scale, case.v_scale, q, k)
-        kw = {"num_heads": case.num_heads, "num_kv_heads": case.num_kv_heads, "head_dim": d,
-              "eps": case.eps, "is_neox": is_neox}
+        kw = {
+            "num_heads": case.num_heads,
+            "num_kv_heads": case.num_kv_heads,
+            "head_dim": d,
+            "eps": case.eps,
+            "is_neox": is_neox,
+        }
         if fn == "triton":
             qk_norm_rope_cache_triton(*args, **kw, launch=launch or LaunchConfig(block_t=4))
         else:
@@ -70,12 +84,18 @@ MATRIX = list(itertools.product(DTYPES, FP8, (True, False), HEAD_DIMS, ("flash",
 
 
 @pytest.mark.parametrize(
-    ("dtype", "cache_dtype", "is_neox", "head_dim", "layout"), MATRIX,
-    ids=[f"{str(a)[6:]}-{str(b)[6:]}-{'neox' if c else 'gptj'}-d{d}-{e}"
-         for a, b, c, d, e in MATRIX],
+    ("dtype", "cache_dtype", "is_neox", "head_dim", "layout"),
+    MATRIX,
+    ids=[
+        f"{str(a)[6:]}-{str(b)[6:]}-{'neox' if c else 'gptj'}-d{d}-{e}" for a, b, c, d, e in MATRIX
+    ],
 )
 def test_full_rotary_matches_reference(
-    dtype: torch.dtype, cache_dtype: torch.dtype, is_neox: bool, head_dim: int, layout: str,
+    dtype: torch.dtype,
+    cache_dtype: torch.dtype,
+    is_neox: bool,
+    head_dim: int,
+    layout: str,
     device: str,
 ) -> None:
     _skip_unsupported(cache_dtype)
@@ -96,15 +116,15 @@ def test_partial_rotary_matches_reference(
 ) -> None:
     # GLM-style: rotary on a prefix of each head (half of it; a quarter for 192 -> 48).
     rotary_dim = head_dim // 4 if head_dim == 192 else head_dim // 2
-    case = make_case(head_dim=head_dim, dtype=torch.bfloat16, rotary_dim=rotary_dim,
-                     device=device, seed=1)
+    case = make_case(
+        head_dim=head_dim, dtype=torch.bfloat16, rotary_dim=rotary_dim, device=device, seed=1
+    )
     check(run_both(case, layout, torch.float8_e4m3fn, is_neox))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["flash", "paged"])
-def test_unquantized_cache_matches_reference(dtype: torch.dtype, layout: str, device: str
-                                             ) -> None:
+def test_unquantized_cache_matches_reference(dtype: torch.dtype, layout: str, device: str) -> None:
     case = make_case(head_dim=128, dtype=dtype, device=device, seed=2)
     check(run_both(case, layout, dtype, is_neox=True))
 
@@ -112,8 +132,14 @@ def test_unquantized_cache_matches_reference(dtype: torch.dtype, layout: str, de
 @pytest.mark.parametrize("block_t", [1, 2, 8])
 def test_tokens_per_program_and_no_k_out(block_t: int, device: str) -> None:
     case = make_case(head_dim=96, dtype=torch.float16, num_tokens=9, device=device, seed=3)
-    results = run_both(case, "flash", torch.float8_e4m3fn, False, with_k_out=False,
-                       launch=LaunchConfig(block_t=block_t))
+    results = run_both(
+        case,
+        "flash",
+        torch.float8_e4m3fn,
+        False,
+        with_k_out=False,
+        launch=LaunchConfig(block_t=block_t),
+    )
     assert "k_out" not in results
     check(results)
 
@@ -159,7 +185,21 @@ def test_bad_arguments_raise_one_clear_error(mutate: object, message: str, devic
     q = torch.empty(7, 4, 64, dtype=torch.bfloat16, device=device)
     with pytest.raises(ValueError, match=message):
         qk_norm_rope_cache_triton(
-            qkv, case.positions, case.q_weight, case.k_weight, case.cos_sin_cache, kc, vc,
-            case.slot_mapping, case.k_scale, case.v_scale, q, None, num_heads=4,
-            num_kv_heads=2, head_dim=64, eps=1e-6, is_neox=True,
+            qkv,
+            case.positions,
+            case.q_weight,
+            case.k_weight,
+            case.cos_sin_cache,
+            kc,
+            vc,
+            case.slot_mapping,
+            case.k_scale,
+            case.v_scale,
+            q,
+            None,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=64,
+            eps=1e-6,
+            is_neox=True,
         )

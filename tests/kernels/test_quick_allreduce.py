@@ -25,8 +25,7 @@ def scale_per_value(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("world", "dtype"), [(2, torch.float16), (4, torch.bfloat16)])
-def test_two_shot_int4_all_reduce_over_gloo(world: int, dtype: torch.dtype, tmp_path: Path
-                                            ) -> None:
+def test_two_shot_int4_all_reduce_over_gloo(world: int, dtype: torch.dtype, tmp_path: Path) -> None:
     numel = 64 * 100 - 40  # not a multiple of world * 64: exercises the padding
     g = torch.Generator().manual_seed(world)
     # Per-rank activations of different magnitudes, like partial sums of a row-parallel GEMM.
@@ -51,8 +50,10 @@ def test_two_shot_int4_all_reduce_over_gloo(world: int, dtype: torch.dtype, tmp_
     per_rank = sum(scale_per_value(x) for x in cast)
     partial = torch.stack([x.float() for x in cast]).abs().sum(0)
     out16 = two_shot_int4_simulated(cast)
-    bound = ((1 + 8 * u) * (per_rank + scale_per_value(out16))
-             + (world - 1) * u * (partial + (1 + 8 * u) * per_rank))[:numel]
+    bound = (
+        (1 + 8 * u) * (per_rank + scale_per_value(out16))
+        + (world - 1) * u * (partial + (1 + 8 * u) * per_rank)
+    )[:numel]
     if dtype == torch.bfloat16:
         bound = bound + UNIT_ROUNDOFF[dtype] * out16[:numel].float().abs()
     err = (outputs[0].float() - exact).abs()
@@ -63,8 +64,9 @@ def test_two_shot_int4_all_reduce_over_gloo(world: int, dtype: torch.dtype, tmp_
     assert report.max_abs_error == pytest.approx(float(err.max()))
     rms = float((outputs[0].float() - exact).square().mean().sqrt())
     assert report.rms_error == pytest.approx(rms, rel=1e-6)
-    assert report.relative_rms_error == pytest.approx(rms / float(exact.square().mean().sqrt()),
-                                                      rel=1e-6)
+    assert report.relative_rms_error == pytest.approx(
+        rms / float(exact.square().mean().sqrt()), rel=1e-6
+    )
     assert 0 < report.relative_rms_error < 0.25
     assert report.wire_bytes_quantized < report.wire_bytes_full / 3
     print(f"\nINT4 two-shot all-reduce, {world} ranks, {dtype}: {report.as_dict()}")

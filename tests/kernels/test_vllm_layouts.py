@@ -40,14 +40,15 @@ from vllm.v1.kv_cache_layout import KVCacheLayout  # noqa: E402
 NUM_BLOCKS, BLOCK_SIZE, KV_HEADS, HEADS = 4, 16, 2, 4
 
 
-def vllm_layer_caches(backend: str, layout: KVCacheLayout, head_dim: int, device: str
-                      ) -> list[torch.Tensor]:
+def vllm_layer_caches(
+    backend: str, layout: KVCacheLayout, head_dim: int, device: str
+) -> list[torch.Tensor]:
     """Two layers' ``[B, H, N, C]`` uint8 views over one allocation, as vLLM builds them."""
-    spec = vllm_iface.FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=KV_HEADS,
-                                        head_size=head_dim, dtype=torch.uint8)
+    spec = vllm_iface.FullAttentionSpec(
+        block_size=BLOCK_SIZE, num_kv_heads=KV_HEADS, head_size=head_dim, dtype=torch.uint8
+    )
     if backend == "ROCM_ATTN":  # RocmAttentionBackend.customize_spec
-        spec = dataclasses.replace(spec, num_head_slots=2,
-                                   state_content_bytes=KV_HEADS * head_dim)
+        spec = dataclasses.replace(spec, num_head_slots=2, state_content_bytes=KV_HEADS * head_dim)
     shape = (2, *vllm_iface.compute_layer_kv_cache_shape_bytes(spec, NUM_BLOCKS))
     strides = vllm_iface.compute_layout_strides(spec, NUM_BLOCKS, 2, layout)
     raw = torch.full((int(torch.Size(shape).numel()),), 0x11, dtype=torch.uint8, device=device)
@@ -55,14 +56,19 @@ def vllm_layer_caches(backend: str, layout: KVCacheLayout, head_dim: int, device
     return [view[0], view[1]]
 
 
-CASES = list(itertools.product(("ROCM_ATTN", "ROCM_AITER_FA"),
-                               (KVCacheLayout.LBHNC, KVCacheLayout.LHBNC), (64, 192)))
+CASES = list(
+    itertools.product(
+        ("ROCM_ATTN", "ROCM_AITER_FA"), (KVCacheLayout.LBHNC, KVCacheLayout.LHBNC), (64, 192)
+    )
+)
 
 
-@pytest.mark.parametrize(("backend", "layout", "head_dim"), CASES,
-                         ids=[f"{b}-{lay.name}-d{d}" for b, lay, d in CASES])
-def test_writes_land_where_vllm_reads(backend: str, layout: KVCacheLayout, head_dim: int,
-                                      device: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "layout", "head_dim"), CASES, ids=[f"{b}-{lay.name}-d{d}" for b, lay, d in CASES]
+)
+def test_writes_land_where_vllm_reads(
+    backend: str, layout: KVCacheLayout, head_dim: int, device: str
+) -> None:
     fp8 = torch.float8_e4m3fn
     layers = vllm_layer_caches(backend, layout, head_dim, device)
     if backend == "ROCM_ATTN":
@@ -74,20 +80,46 @@ def test_writes_land_where_vllm_reads(backend: str, layout: KVCacheLayout, head_
         assert vk.data_ptr() == kc.data_ptr() and vv.data_ptr() == vc.data_ptr()
     else:
         kc, vc = split_flash_layer_cache(layers[1], head_dim, dtype=fp8)
-    case = make_case(head_dim=head_dim, dtype=torch.bfloat16, num_heads=HEADS,
-                     num_kv_heads=KV_HEADS, num_tokens=6, num_slots=NUM_BLOCKS * BLOCK_SIZE,
-                     device=device)
+    case = make_case(
+        head_dim=head_dim,
+        dtype=torch.bfloat16,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        num_tokens=6,
+        num_slots=NUM_BLOCKS * BLOCK_SIZE,
+        device=device,
+    )
     q = torch.empty(6, HEADS, head_dim, dtype=torch.bfloat16, device=device)
     qk_norm_rope_cache_triton(
-        *case.tensors(), kc, vc, case.slot_mapping, case.k_scale, case.v_scale, q, None,
-        num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=head_dim, eps=case.eps,
-        is_neox=True, launch=LaunchConfig(block_t=4),
+        *case.tensors(),
+        kc,
+        vc,
+        case.slot_mapping,
+        case.k_scale,
+        case.v_scale,
+        q,
+        None,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_dim=head_dim,
+        eps=case.eps,
+        is_neox=True,
+        launch=LaunchConfig(block_t=4),
     )
     assert (layers[0] == 0x11).all(), "layer 0 of the shared allocation was written"
 
     _, k, v = qk_norm_rope_fp32(
-        case.qkv, case.positions, case.q_weight, case.k_weight, case.cos_sin_cache,
-        num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=head_dim, eps=case.eps, is_neox=True)
+        case.qkv,
+        case.positions,
+        case.q_weight,
+        case.k_weight,
+        case.cos_sin_cache,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        head_dim=head_dim,
+        eps=case.eps,
+        is_neox=True,
+    )
     kq = quantize_for_cache(k, case.k_scale, fp8).view(torch.uint8).cpu()
     vq = quantize_for_cache(v, case.v_scale, fp8).view(torch.uint8).cpu()
     layer = layers[1].cpu()
@@ -100,8 +132,9 @@ def test_writes_land_where_vllm_reads(backend: str, layout: KVCacheLayout, head_
         for h in range(KV_HEADS):
             for d in range(0, head_dim, 7):
                 if backend == "ROCM_ATTN":  # page [2][N][H*hs]: K slot 0, V slot 1
-                    k_at = layer[blk, 0].view(-1)[h * head_dim * BLOCK_SIZE
-                                                  + (d // x) * BLOCK_SIZE * x + pos * x + d % x]
+                    k_at = layer[blk, 0].view(-1)[
+                        h * head_dim * BLOCK_SIZE + (d // x) * BLOCK_SIZE * x + pos * x + d % x
+                    ]
                     v_at = layer[blk, 1].view(-1)[(h * head_dim + d) * BLOCK_SIZE + pos]
                 else:  # page [H][N][2*hs]: K then V per token
                     k_at = layer[blk, h, pos, d]
@@ -117,8 +150,9 @@ def test_writes_land_where_vllm_reads(backend: str, layout: KVCacheLayout, head_
 
 @pytest.mark.parametrize("is_neox", [True, False])
 @pytest.mark.parametrize(("head_dim", "rotary_dim"), [(128, 128), (128, 64), (192, 48)])
-def test_rotation_matches_vllm_rotary_embedding(is_neox: bool, head_dim: int, rotary_dim: int
-                                                ) -> None:
+def test_rotation_matches_vllm_rotary_embedding(
+    is_neox: bool, head_dim: int, rotary_dim: int
+) -> None:
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
 
@@ -128,8 +162,9 @@ def test_rotation_matches_vllm_rotary_embedding(is_neox: bool, head_dim: int, ro
     pos = torch.randint(0, 4096, (9,), generator=g)
     q = torch.randn(9, HEADS * head_dim, generator=g)
     k = torch.randn(9, KV_HEADS * head_dim, generator=g)
-    vq, vk = RotaryEmbedding.forward_static(pos, q.clone(), k.clone(), head_dim, rotary_dim,
-                                            rope.cos_sin_cache, is_neox)
+    vq, vk = RotaryEmbedding.forward_static(
+        pos, q.clone(), k.clone(), head_dim, rotary_dim, rope.cos_sin_cache, is_neox
+    )
     cos, sin = rope.cos_sin_cache.index_select(0, pos).chunk(2, dim=-1)
     ours_q = apply_rotary_fp32(q.view(9, HEADS, head_dim), cos, sin, rotary_dim, is_neox)
     ours_k = apply_rotary_fp32(k.view(9, KV_HEADS, head_dim), cos, sin, rotary_dim, is_neox)

@@ -16,7 +16,8 @@ import pytest
 from lmcache_helpers import make_lmcache_package, settings_of, write_dist_info
 
 from atom_tier.lmcache.kv_transfer import lmcache_kv_transfer_config
-from atom_tier.preflight.checks_lmcache import FACTS_KEY, LMCacheFacts, probe_lmcache_facts
+from atom_tier.lmcache.native_ops import LMCacheFacts, probe_lmcache_facts
+from atom_tier.preflight import load_check_modules
 from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
 from atom_tier.preflight.findings import Finding, Level, registered_checks
 from atom_tier.settings import AtomTierSettings, load_foreign_env
@@ -26,6 +27,7 @@ TORCH = {
     "cuda": TorchBuild("2.9.0+cu129", cuda="12.9"),  # stand-in: no CUDA torch here
     "cpu": TorchBuild("2.13.0+cpu"),
 }
+load_check_modules()  # registers every check, the lmcache ones among them
 LMCACHE_CHECKS = [c for c in registered_checks() if c.area == "lmcache"]
 BuildConfig = Callable[..., Any]
 
@@ -50,7 +52,7 @@ def make_ctx(
         host_memory_available=200 * 1024**3,
     )
     env = load_foreign_env({} if seed is None else {"PYTHONHASHSEED": seed})
-    return CheckContext(settings, env, facts, vllm_config, extra={FACTS_KEY: lmfacts})
+    return CheckContext(settings, env, facts, vllm_config, lmcache=lmfacts)
 
 
 def run(name: str, ctx: CheckContext) -> list[Finding]:
@@ -304,12 +306,12 @@ def test_no_cuda_only_packages_passes(hip_facts: LMCacheFacts) -> None:
 
 def test_facts_are_probed_once_per_context_when_absent() -> None:
     ctx = make_ctx(settings_of(**LMCACHE), probe_lmcache_facts([]))
-    ctx.extra.clear()
+    ctx.lmcache = None
     run("lmcache-cuda-packages", ctx)
-    probed = ctx.extra[FACTS_KEY]
+    probed = ctx.lmcache
     assert isinstance(probed, LMCacheFacts)
     run("lmcache-native-ops", ctx)
-    assert ctx.extra[FACTS_KEY] is probed
+    assert ctx.lmcache is probed
 
 
 def test_operators_own_lmcache_configuration_is_reported_as_theirs(

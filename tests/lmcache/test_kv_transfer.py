@@ -94,7 +94,7 @@ def test_host_share_probes_memory_and_disk(tmp_path: Path) -> None:
 
 def test_automatic_dram_size_is_a_share_of_host_memory() -> None:
     """40% of the memory limit per GPU of the node (no GPU here: one)."""
-    from atom_tier.preflight.probes import probe_dram_budget
+    from atom_tier.tiers.host import probe_dram_budget
 
     limit = probe_dram_budget().memory_limit
     assert limit is not None

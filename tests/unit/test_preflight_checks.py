@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from atom_tier.preflight import build_context, run_preflight
-from atom_tier.preflight.checks_environment import UNKNOWN_SETTINGS_KEY
 from atom_tier.preflight.context import (
     CheckContext,
     EntryPoint,
@@ -348,7 +347,7 @@ def unknown_findings(unknown: dict[str, str | None]) -> list[Finding]:
         settings=load_settings({}),
         env=load_foreign_env({"PYTHONHASHSEED": "0"}),
         facts=cpu_facts(),
-        extra={UNKNOWN_SETTINGS_KEY: unknown},
+        unknown_settings=unknown,
     )
     return [f for f in run_preflight(ctx) if f.code == "unknown-setting"]
 
