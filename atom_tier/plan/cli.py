@@ -29,7 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "over the workload `atom-tier replay` would send, for every tier size asked, and say "
         "which tiers pay off."
     )
-    parser.add_argument("traces", type=Path, help="folder of kv-cache-tester traces")
+    parser.add_argument(
+        "traces", type=Path, nargs="?", help="folder of kv-cache-tester traces (or --metrics)"
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="URL",
+        help="instead of traces: a running server's /metrics (http://HOST:PORT, or a saved "
+        "copy): too small, too large or right, per tier, from its eviction and hit counters",
+    )
     model = parser.add_argument_group("deployment")
     model.add_argument("--model", type=Path, help="config.json, or the checkpoint folder")
     model.add_argument(
@@ -168,10 +176,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observe(where: str) -> int:
+    from atom_tier.plan.observed import format_observed, observe, read_metrics
+
+    print(format_observed(observe(read_metrics(where), where)))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from atom_tier.replay.traces import ReplayInputError
 
     try:
+        if args.metrics is not None:
+            if args.traces is not None:
+                raise PlanInputError("give traces or --metrics URL, not both")
+            return _observe(args.metrics)
+        if args.traces is None:
+            raise PlanInputError("give a traces folder, or --metrics URL of a running server")
         return _plan(args)
     except (PlanInputError, ReplayInputError, SettingsError) as error:
         print(f"atom-tier plan: error: {error}", file=sys.stderr)
