@@ -63,7 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--request-s",
         type=float,
         default=0.0,
-        help="seconds a request holds its KV on the device (0: think times alone set the order)",
+        help="seconds from sending a request to its answer, queueing included (0: think times "
+        "alone set the order)",
+    )
+    load.add_argument(
+        "--hold-s",
+        type=float,
+        help="seconds a request holds its KV blocks on the device while it runs (vLLM's "
+        "request inference time; a queued request holds none); default: --request-s",
     )
     load.add_argument("--duration", type=float, help="virtual seconds to simulate")
     load.add_argument("--requests", type=int, help="stop after this many requests")
@@ -124,6 +131,8 @@ def _plan(args: argparse.Namespace) -> int:
     _resolve_defaults(args)
     dram = parse_sizes(args.dram_gb, "--dram-gb")
     nvme = parse_sizes(args.nvme_gb, "--nvme-gb")
+    if args.hold_s is not None and args.hold_s < 0:
+        raise PlanInputError(f"--hold-s must not be negative, got {args.hold_s}")
     if args.shared_gb < 0:
         raise PlanInputError(f"--shared-gb must not be negative, got {args.shared_gb}")
     if args.eviction not in POLICIES:
@@ -159,6 +168,7 @@ def _plan(args: argparse.Namespace) -> int:
         shared_gb=args.shared_gb,
         eviction=args.eviction,
         request_s=args.request_s,
+        hold_s=args.hold_s,
     )
     decided = verdict(sweep)
     print(format_table(sweep, decided))
