@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 from three_arms_setup import build_bench_model, machine, model_text, probe_reload
 
 from atom_tier.devtools.cpu_server import CpuVllmServer, ServerStartError
@@ -52,6 +53,7 @@ ARMS = {
 CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both"})
 SECTION = "## Three-arm replay"
 BEGIN, END = "<!-- three-arms:begin -->", "<!-- three-arms:end -->"
+METRICS_END = "metrics-end.txt"
 GOALS = (
     ("median TTFT A ÷ C", ">= 3"),
     ("completed requests C ÷ A", ">= 2"),
@@ -160,6 +162,9 @@ def run_arm(
             )
         )
         load = (load_before + _load()) / 2
+        # The server's own counters at the end of the replay (before the probe): request
+        # queue and running times, per-tier hits (bench/plan_vs_arms.py reads them).
+        (workdir / METRICS_END).write_text(httpx.get(server.base_url + "/metrics").text)
         probe = probe_reload(server.base_url, result.server.model, opts.kv_blocks * 128)
     except ReplayInputError as error:
         return {"error": str(error)}

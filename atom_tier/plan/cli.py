@@ -29,7 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "over the workload `atom-tier replay` would send, for every tier size asked, and say "
         "which tiers pay off."
     )
-    parser.add_argument("traces", type=Path, help="folder of kv-cache-tester traces")
+    parser.add_argument(
+        "traces", type=Path, nargs="?", help="folder of kv-cache-tester traces (or --metrics)"
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="URL",
+        help="instead of traces: a running server's /metrics (http://HOST:PORT, or a saved "
+        "copy): too small, too large or right, per tier, from its eviction and hit counters",
+    )
     model = parser.add_argument_group("deployment")
     model.add_argument("--model", type=Path, help="config.json, or the checkpoint folder")
     model.add_argument(
@@ -55,7 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--request-s",
         type=float,
         default=0.0,
-        help="seconds a request holds its KV on the device (0: think times alone set the order)",
+        help="seconds from sending a request to its answer, queueing included (0: think times "
+        "alone set the order)",
+    )
+    load.add_argument(
+        "--hold-s",
+        type=float,
+        help="seconds a request holds its KV blocks on the device while it runs (vLLM's "
+        "request inference time; a queued request holds none); default: --request-s",
     )
     load.add_argument("--duration", type=float, help="virtual seconds to simulate")
     load.add_argument("--requests", type=int, help="stop after this many requests")
@@ -116,6 +131,8 @@ def _plan(args: argparse.Namespace) -> int:
     _resolve_defaults(args)
     dram = parse_sizes(args.dram_gb, "--dram-gb")
     nvme = parse_sizes(args.nvme_gb, "--nvme-gb")
+    if args.hold_s is not None and args.hold_s < 0:
+        raise PlanInputError(f"--hold-s must not be negative, got {args.hold_s}")
     if args.shared_gb < 0:
         raise PlanInputError(f"--shared-gb must not be negative, got {args.shared_gb}")
     if args.eviction not in POLICIES:
@@ -151,6 +168,7 @@ def _plan(args: argparse.Namespace) -> int:
         shared_gb=args.shared_gb,
         eviction=args.eviction,
         request_s=args.request_s,
+        hold_s=args.hold_s,
     )
     decided = verdict(sweep)
     print(format_table(sweep, decided))
@@ -168,10 +186,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observe(where: str) -> int:
+    from atom_tier.plan.observed import format_observed, observe, read_metrics
+
+    print(format_observed(observe(read_metrics(where), where)))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from atom_tier.replay.traces import ReplayInputError
 
     try:
+        if args.metrics is not None:
+            if args.traces is not None:
+                raise PlanInputError("give traces or --metrics URL, not both")
+            return _observe(args.metrics)
+        if args.traces is None:
+            raise PlanInputError("give a traces folder, or --metrics URL of a running server")
         return _plan(args)
     except (PlanInputError, ReplayInputError, SettingsError) as error:
         print(f"atom-tier plan: error: {error}", file=sys.stderr)

@@ -81,11 +81,13 @@ class SimulationResult:
         return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
-def device_hits(workload: Workload, device_chunks: int | None, request_s: float = 0.0) -> list[int]:
+def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0.0) -> list[int]:
     """Device prefix-cache hit tokens of every request (``device_chunks`` None: infinite).
 
-    A request holds its chunks from its arrival until ``request_s`` later, as a running
-    request holds its KV blocks; only chunks no running request holds can be evicted. When
+    A request holds its chunks from its arrival until ``hold_s`` later, as a running request
+    holds its KV blocks (vLLM's request inference time; a request waiting in the queue holds
+    none, so this is the running part of the request time); only chunks no running request
+    holds can be evicted. When
     running requests alone fill the device, nothing else stays cached (vLLM would make the
     request wait; the simulator has no time model for that).
     """
@@ -134,7 +136,7 @@ def device_hits(workload: Workload, device_chunks: int | None, request_s: float 
         if capacity is not None:
             while cached and len(cached) + len(held) > capacity:
                 cached.popitem(last=False)
-            heapq.heappush(running, (request.time + request_s, request.serial, used))
+            heapq.heappush(running, (request.time + hold_s, request.serial, used))
     return hits
 
 

@@ -104,9 +104,12 @@ def run_sweep(
     shared_gb: float = 0.0,
     eviction: str = "lru",
     request_s: float = 0.0,
+    hold_s: float | None = None,
 ) -> Sweep:
+    """``hold_s``: how long a request holds its device blocks (default ``request_s``)."""
     chunk = workload.chunk_tokens
-    device = device_hits(workload, deployment.device_kv_tokens // chunk, request_s)
+    hold = request_s if hold_s is None else hold_s
+    device = device_hits(workload, deployment.device_kv_tokens // chunk, hold)
     sweep = Sweep(deployment, workload, eviction)
     sweep.ceiling_tokens = sum(ceiling_hits(workload))
     sweep.working_set_tokens = working_set(workload)

@@ -55,6 +55,7 @@ def test_sweep_writes_table_json_and_png(
         (["--dram-gb", "lots"], "--dram-gb 'lots' does not parse"),
         (["--nvme-gb", "-1"], "--nvme-gb '-1'"),
         (["--eviction", "fifo"], "--eviction 'fifo'"),
+        (["--hold-s", "-1"], "--hold-s must not be negative"),
     ],
 )
 def test_bad_input_is_one_clear_error(

@@ -135,3 +135,21 @@ def test_device_keeps_what_running_requests_hold() -> None:
     assert device_hits(load, 3, 1.5) == [0, 0, 256]
     # Requests of 5 s: a's request 0 still runs at t = 2 and holds both chunks: 512 tokens.
     assert device_hits(load, 4, 5.0) == [0, 0, 512]
+
+
+def test_sweep_holds_device_blocks_for_the_hold_time_not_the_request_time() -> None:
+    from atom_tier.plan.deployment import Deployment
+    from atom_tier.plan.sweep import run_sweep
+
+    a = session("a", [(IDS_8, 10), (IDS_12, 10)])
+    b = session("b", [(IDS_8, 10)])
+    load = workload([(a, 0), (b, 0), (a, 1)])
+    # A device of 3 chunks (1 KV byte per token, 768 tokens). Held for the whole 5 s request:
+    # a's request 0 still holds both its chunks at t = 2 -> 512. Held 0 s (it waited in a
+    # queue for the rest): b's two chunks are the most recent, a's chunk 0 stays (head
+    # released last), chunk 1 goes -> 256.
+    deployment = Deployment(1, 768, "test")
+    held_long = run_sweep(load, deployment, dram_gb=[0], nvme_gb=[0], request_s=5.0)
+    held_none = run_sweep(load, deployment, dram_gb=[0], nvme_gb=[0], request_s=5.0, hold_s=0)
+    assert held_long.configurations[0].result.tiers[DEVICE].hit_tokens == 512
+    assert held_none.configurations[0].result.tiers[DEVICE].hit_tokens == 256
