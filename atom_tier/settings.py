@@ -185,10 +185,8 @@ class AtomTierSettings(_EnvSettings):
     weights_id: str | None = Field(
         None,
         validation_alias=_env("WEIGHTS_ID"),
-        description="Identifier of the served weights (a checkpoint version or digest) that the "
-        "NVMe tier's namespace uses instead of the fingerprint atom-tier samples from the weight "
-        "files; it must change whenever the weights change. Unset: sampled (see "
-        "docs/architecture.md, 'Model identity').",
+        description="A version of the served weights, used in the NVMe tier's namespace instead "
+        "of the sampled weights fingerprint; change it whenever the weights change.",
     )
     chunk_tokens: int = Field(
         256,
@@ -256,10 +254,7 @@ class AtomTierSettings(_EnvSettings):
     def _strip_file_scheme(cls, value: Any) -> Any:
         # LMCache recipes write LMCACHE_LOCAL_DISK as "file:///mnt/nvme/cache/".
         if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("file://"):
-                value = value[len("file://") :]
-            return value or None
+            return value.strip().removeprefix("file://") or None
         return value
 
     @property
@@ -303,8 +298,7 @@ def _source_variable(field: str, environ: Mapping[str, str]) -> str:
 
 
 def variable_of(field: str, environ: Mapping[str, str] | None = None) -> str:
-    """The variable a setting was read from (its ATOM_TIER_ name when none is set), for
-    messages that tell the operator which variable to change."""
+    """The variable a setting was read from (its ATOM_TIER_ name when none is set)."""
     return _source_variable(field, os.environ if environ is None else environ)
 
 

@@ -65,9 +65,11 @@ class FusedVariant:
         return default_launch(1024, self.head_dim, LaunchConfig(block_t=self.block_t))[1]
 
     def name(self) -> str:
-        return (f"qk_norm_rope_cache[{_TL_NAMES[self.dtype]},{_TL_NAMES[self.cache_dtype]},"
-                f"{'neox' if self.is_neox else 'gptj'},d{self.head_dim},"
-                f"{'paged' if self.paged else 'flash'},t{self.block_t}]")
+        return (
+            f"qk_norm_rope_cache[{_TL_NAMES[self.dtype]},{_TL_NAMES[self.cache_dtype]},"
+            f"{'neox' if self.is_neox else 'gptj'},d{self.head_dim},"
+            f"{'paged' if self.paged else 'flash'},t{self.block_t}]"
+        )
 
 
 def fused_variants() -> Iterator[FusedVariant]:
@@ -83,13 +85,20 @@ def fused_source(v: FusedVariant) -> ASTSource:
     fn = qk_norm_rope_cache_kernel.compiled_function()
     t, c = _TL_NAMES[v.dtype], _TL_NAMES[v.cache_dtype]
     pointers = {
-        "qkv_ptr": t, "positions_ptr": "i64", "q_weight_ptr": t, "k_weight_ptr": t,
-        "cos_sin_ptr": t, "q_out_ptr": t, "k_out_ptr": t, "key_cache_ptr": c,
-        "value_cache_ptr": c, "slot_mapping_ptr": "i64", "k_scale_ptr": "fp32",
+        "qkv_ptr": t,
+        "positions_ptr": "i64",
+        "q_weight_ptr": t,
+        "k_weight_ptr": t,
+        "cos_sin_ptr": t,
+        "q_out_ptr": t,
+        "k_out_ptr": t,
+        "key_cache_ptr": c,
+        "value_cache_ptr": c,
+        "slot_mapping_ptr": "i64",
+        "k_scale_ptr": "fp32",
         "v_scale_ptr": "fp32",
     }
-    constexprs = kernel_constexprs(v.head_dim, v.is_neox, v.key_x, v.cache_dtype, True,
-                                   v.block_t)
+    constexprs = kernel_constexprs(v.head_dim, v.is_neox, v.key_x, v.cache_dtype, True, v.block_t)
     signature: dict[str, str] = {}
     for name in fn.arg_names:
         if name in pointers:
@@ -105,23 +114,45 @@ def int4_sources() -> Iterator[tuple[str, ASTSource]]:
     for dtype in MODEL_DTYPES:
         t, sat = _TL_NAMES[dtype], saturation(dtype)
         q = int4_quantize_kernel.compiled_function()
-        yield f"int4_quantize[{t}]", ASTSource(
-            q, {"x_ptr": "*" + t, "codes_ptr": "*u8", "scales_ptr": "*" + t,
-                "num_blocks": "i32", "eps": "fp32", "SAT": "constexpr", "BLOCKS": "constexpr"},
-            constexprs={"SAT": sat, "BLOCKS": DEFAULT_BLOCKS},
+        yield (
+            f"int4_quantize[{t}]",
+            ASTSource(
+                q,
+                {
+                    "x_ptr": "*" + t,
+                    "codes_ptr": "*u8",
+                    "scales_ptr": "*" + t,
+                    "num_blocks": "i32",
+                    "eps": "fp32",
+                    "SAT": "constexpr",
+                    "BLOCKS": "constexpr",
+                },
+                constexprs={"SAT": sat, "BLOCKS": DEFAULT_BLOCKS},
+            ),
         )
         d = int4_dequantize_kernel.compiled_function()
-        yield f"int4_dequantize[{t}]", ASTSource(
-            d, {"codes_ptr": "*u8", "scales_ptr": "*" + t, "out_ptr": "*" + t,
-                "num_blocks": "i32", "SAT": "constexpr", "BLOCKS": "constexpr"},
-            constexprs={"SAT": sat, "BLOCKS": DEFAULT_BLOCKS},
+        yield (
+            f"int4_dequantize[{t}]",
+            ASTSource(
+                d,
+                {
+                    "codes_ptr": "*u8",
+                    "scales_ptr": "*" + t,
+                    "out_ptr": "*" + t,
+                    "num_blocks": "i32",
+                    "SAT": "constexpr",
+                    "BLOCKS": "constexpr",
+                },
+                constexprs={"SAT": sat, "BLOCKS": DEFAULT_BLOCKS},
+            ),
         )
 
 
 def compile_for(src: ASTSource, arch: str, num_warps: int = 4) -> Any:
     """Build ``src`` for an AMD ``arch`` (wave64); the result's ``.asm["amdgcn"]`` is text."""
     return triton.compile(
-        src, target=GPUTarget("hip", arch, 64),
+        src,
+        target=GPUTarget("hip", arch, 64),
         options={"num_warps": num_warps, "enable_fp_fusion": False},
     )
 
@@ -144,8 +175,9 @@ def _result(name: str, arch: str, kernel: Any) -> BuildResult:
 
 def build_fused(job: tuple[FusedVariant, str]) -> BuildResult:
     variant, arch = job
-    return _result(variant.name(), arch, compile_for(fused_source(variant), arch,
-                                                     variant.num_warps))
+    return _result(
+        variant.name(), arch, compile_for(fused_source(variant), arch, variant.num_warps)
+    )
 
 
 def build_int4(arch: str) -> list[BuildResult]:

@@ -48,8 +48,9 @@ def find_aiter_fused_op() -> Callable[..., Any] | None:
     try:
         module = importlib.import_module(AITER_MODULE)
     except Exception as exc:  # AITER raises more than ImportError when its HIP libs are off
-        logger.info("aiter is installed but %s is unusable (%s): not AMD's AITER?",
-                    AITER_MODULE, exc)
+        logger.info(
+            "aiter is installed but %s is unusable (%s): not AMD's AITER?", AITER_MODULE, exc
+        )
         return None
     fn = getattr(module, AITER_FUNCTION, None)
     return fn if callable(fn) else None
@@ -93,23 +94,54 @@ def select_backend(
 
 
 def _run_aiter(
-    qkv: torch.Tensor, positions: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
-    cos_sin_cache: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-    slot_mapping: torch.Tensor, k_scale: torch.Tensor, v_scale: torch.Tensor,
-    q_out: torch.Tensor, k_out: torch.Tensor | None, *, num_heads: int, num_kv_heads: int,
-    head_dim: int, eps: float, is_neox: bool,
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor,
+    v_scale: torch.Tensor,
+    q_out: torch.Tensor,
+    k_out: torch.Tensor | None,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    eps: float,
+    is_neox: bool,
 ) -> None:
     """AITER's positional signature as vLLM 0.32 calls it (``rocm_aiter_ops``)."""
     fn = find_aiter_fused_op()
     assert fn is not None
     rotary_dim = cos_sin_cache.shape[-1]
     fn(
-        qkv, q_weight, k_weight, cos_sin_cache, positions, qkv.shape[0],
-        num_heads, num_kv_heads, num_kv_heads, head_dim, is_neox, eps,
-        q_out, key_cache, value_cache, slot_mapping, k_scale, v_scale,
-        k_out, None, k_out is not None,
+        qkv,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        positions,
+        qkv.shape[0],
+        num_heads,
+        num_kv_heads,
+        num_kv_heads,
+        head_dim,
+        is_neox,
+        eps,
+        q_out,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        k_scale,
+        v_scale,
+        k_out,
+        None,
+        k_out is not None,
         False,  # use_shuffle_layout
-        key_cache.shape[1], 16 // key_cache.element_size(),
+        key_cache.shape[1],
+        16 // key_cache.element_size(),
         0 if rotary_dim == head_dim else rotary_dim,
     )
 
@@ -146,16 +178,43 @@ def qk_norm_rope_cache(
     device synchronisation per call, and vLLM's slot mappings are in range by construction).
     """
     if q_out is None:
-        q_out = torch.empty(qkv.shape[0], num_heads, head_dim, dtype=qkv.dtype,
-                            device=qkv.device)
+        q_out = torch.empty(qkv.shape[0], num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     validate_fused_args(
-        qkv, positions, q_weight, k_weight, cos_sin_cache, key_cache, value_cache, slot_mapping,
-        q_out, k_out, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        q_out,
+        k_out,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
     )
-    args = (qkv, positions, q_weight, k_weight, cos_sin_cache, key_cache, value_cache,
-            slot_mapping, k_scale, v_scale, q_out, k_out)
-    shape: dict[str, Any] = {"num_heads": num_heads, "num_kv_heads": num_kv_heads,
-                             "head_dim": head_dim, "eps": eps, "is_neox": is_neox}
+    args = (
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        k_scale,
+        v_scale,
+        q_out,
+        k_out,
+    )
+    shape: dict[str, Any] = {
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "eps": eps,
+        "is_neox": is_neox,
+    }
     chosen = select_backend(qkv, key_cache, head_dim, backend)
     if chosen == "aiter":
         _run_aiter(*args, **shape)

@@ -53,7 +53,13 @@ def _nibble(x, enc, t: tl.constexpr, SAT: tl.constexpr):
 
 
 def _int4_quantize_kernel(
-    x_ptr, codes_ptr, scales_ptr, num_blocks, eps, SAT: tl.constexpr, BLOCKS: tl.constexpr,
+    x_ptr,
+    codes_ptr,
+    scales_ptr,
+    num_blocks,
+    eps,
+    SAT: tl.constexpr,
+    BLOCKS: tl.constexpr,
 ):
     # Coalesced loads in natural order; the wire order is made in registers: value e of an
     # 8-value atom, e = 4h + 2n + p, goes to byte 2p + h of the atom's word, nibble n.
@@ -78,7 +84,12 @@ def _int4_quantize_kernel(
 
 
 def _int4_dequantize_kernel(
-    codes_ptr, scales_ptr, out_ptr, num_blocks, SAT: tl.constexpr, BLOCKS: tl.constexpr,
+    codes_ptr,
+    scales_ptr,
+    out_ptr,
+    num_blocks,
+    SAT: tl.constexpr,
+    BLOCKS: tl.constexpr,
 ):
     # Output in natural order (coalesced stores); each value gathers its byte: value e of an
     # 8-value atom sits in byte 2*(e % 2) + e // 4 of the atom's word, high nibble if bit 1
@@ -91,8 +102,9 @@ def _int4_dequantize_kernel(
     shift = 4 * ((e // 2) % 2)
     blocks64 = blocks.to(tl.int64)
     mask = b_ok[:, None]
-    packed = tl.load(codes_ptr + blocks64[:, None] * 32 + byte[None, :], mask=mask,
-                     other=0).to(tl.int32)
+    packed = tl.load(codes_ptr + blocks64[:, None] * 32 + byte[None, :], mask=mask, other=0).to(
+        tl.int32
+    )
     nib = (packed >> shift[None, :]) & 15
     s_even = tl.load(scales_ptr + blocks64 * 2, mask=b_ok, other=0.0)
     s_odd = tl.load(scales_ptr + blocks64 * 2 + 1, mask=b_ok, other=0.0)
@@ -115,8 +127,9 @@ def _check_blocks(blocks_per_program: int) -> None:
     # Triton 3.6 on sm_90 miscompiled the reshape/permute/split of the encoder for a single
     # block per program (seen on an H100; the interpreter was right), so tiles start at 4.
     if blocks_per_program < 4 or blocks_per_program & (blocks_per_program - 1):
-        raise ValueError(f"blocks_per_program must be a power of two >= 4, "
-                         f"got {blocks_per_program}")
+        raise ValueError(
+            f"blocks_per_program must be a power of two >= 4, got {blocks_per_program}"
+        )
 
 
 def _check_values(x: torch.Tensor) -> None:
@@ -138,15 +151,23 @@ def int4_quantize_triton(
     scales = torch.empty(num_blocks * SCALES_PER_BLOCK, dtype=x.dtype, device=x.device)
     if num_blocks:
         int4_quantize_kernel[(triton.cdiv(num_blocks, blocks_per_program),)](
-            flat, codes, scales, num_blocks, scale_epsilon(x.dtype),
-            SAT=saturation(x.dtype), BLOCKS=blocks_per_program, num_warps=num_warps,
+            flat,
+            codes,
+            scales,
+            num_blocks,
+            scale_epsilon(x.dtype),
+            SAT=saturation(x.dtype),
+            BLOCKS=blocks_per_program,
+            num_warps=num_warps,
             enable_fp_fusion=False,
         )
     return codes, scales
 
 
 def int4_dequantize_triton(
-    codes: torch.Tensor, scales: torch.Tensor, blocks_per_program: int = DEFAULT_BLOCKS,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    blocks_per_program: int = DEFAULT_BLOCKS,
     num_warps: int = 4,
 ) -> torch.Tensor:
     """Triton decode into a flat tensor of ``scales.dtype``."""
@@ -162,8 +183,13 @@ def int4_dequantize_triton(
     out = torch.empty(num_blocks * BLOCK, dtype=scales.dtype, device=scales.device)
     if num_blocks:
         int4_dequantize_kernel[(triton.cdiv(num_blocks, blocks_per_program),)](
-            codes.reshape(-1).contiguous(), scales.reshape(-1).contiguous(), out, num_blocks,
-            SAT=saturation(scales.dtype), BLOCKS=blocks_per_program, num_warps=num_warps,
+            codes.reshape(-1).contiguous(),
+            scales.reshape(-1).contiguous(),
+            out,
+            num_blocks,
+            SAT=saturation(scales.dtype),
+            BLOCKS=blocks_per_program,
+            num_warps=num_warps,
             enable_fp_fusion=False,
         )
     return out

@@ -94,8 +94,9 @@ def describe_kv_cache(
             )
         _check_heads(nh, head_dim, num_kv_heads, head_dim)
         ks, vs = key_cache.stride(), value_cache.stride()
-        return CacheGeometry(PAGED, nb, bs, x, ks[0], ks[3], ks[1], ks[2], vs[0], vs[3], vs[1],
-                             vs[2])
+        return CacheGeometry(
+            PAGED, nb, bs, x, ks[0], ks[3], ks[1], ks[2], vs[0], vs[3], vs[1], vs[2]
+        )
     raise ValueError(
         f"key_cache must be 4-D (flash layout) or 5-D (paged layout), got {key_cache.ndim}-D"
     )

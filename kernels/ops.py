@@ -36,9 +36,23 @@ def qk_norm_rope_cache_op(
     is_neox: bool,
 ) -> None:
     qk_norm_rope_cache(
-        qkv, positions, q_weight, k_weight, cos_sin_cache, key_cache, value_cache,
-        slot_mapping, k_scale, v_scale, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        head_dim=head_dim, eps=eps, is_neox=is_neox, q_out=q_out, k_out=k_out,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        k_scale,
+        v_scale,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        eps=eps,
+        is_neox=is_neox,
+        q_out=q_out,
+        k_out=k_out,
     )
 
 
@@ -63,6 +77,17 @@ def _qk_norm_rope_cache_fake(
     is_neox: bool,
 ) -> None:
     validate_fused_args(
-        qkv, positions, q_weight, k_weight, cos_sin_cache, key_cache, value_cache, slot_mapping,
-        q_out, k_out, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        q_out,
+        k_out,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
     )

@@ -26,13 +26,35 @@ CACHE_DTYPES = (*FP8_DTYPES, torch.bfloat16, torch.float16)
 
 
 def _qk_norm_rope_cache_kernel(
-    qkv_ptr, positions_ptr, q_weight_ptr, k_weight_ptr, cos_sin_ptr,
-    q_out_ptr, k_out_ptr, key_cache_ptr, value_cache_ptr, slot_mapping_ptr,
-    k_scale_ptr, v_scale_ptr,
-    num_tokens, num_heads, num_kv_heads, rotary_dim, block_size,
-    qkv_stride, q_out_stride, k_out_stride, cos_sin_stride,
-    k_block, k_slot, k_head, k_dim_outer,
-    v_block, v_slot, v_head, v_dim,
+    qkv_ptr,
+    positions_ptr,
+    q_weight_ptr,
+    k_weight_ptr,
+    cos_sin_ptr,
+    q_out_ptr,
+    k_out_ptr,
+    key_cache_ptr,
+    value_cache_ptr,
+    slot_mapping_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    num_tokens,
+    num_heads,
+    num_kv_heads,
+    rotary_dim,
+    block_size,
+    qkv_stride,
+    q_out_stride,
+    k_out_stride,
+    cos_sin_stride,
+    k_block,
+    k_slot,
+    k_head,
+    k_dim_outer,
+    v_block,
+    v_slot,
+    v_head,
+    v_dim,
     eps,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
@@ -102,8 +124,9 @@ def _qk_norm_rope_cache_kernel(
             k_ptrs = k_out_ptr + rows64[:, None] * k_out_stride + kvh * HEAD_DIM + d[None, :]
             tl.store(k_ptrs, out.to(k_out_ptr.dtype.element_ty), mask=mask)
         v_col = (num_heads + num_kv_heads + kvh) * HEAD_DIM
-        v = tl.load(qkv_ptr + rows64[:, None] * qkv_stride + v_col + d[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
+        v = tl.load(
+            qkv_ptr + rows64[:, None] * qkv_stride + v_col + d[None, :], mask=mask, other=0.0
+        ).to(tl.float32)
         k_val = out
         if FP8_MAX > 0:
             k_scale = tl.load(k_scale_ptr).to(tl.float32)
@@ -124,10 +147,16 @@ def _qk_norm_rope_cache_kernel(
             v_dim_off = d * v_dim
         k_base = blk * k_block + bpos * k_slot + kvh * k_head
         v_base = blk * v_block + bpos * v_slot + kvh * v_head
-        tl.store(key_cache_ptr + k_base[:, None] + k_dim[None, :],
-                 k_val.to(key_cache_ptr.dtype.element_ty), mask=cache_mask)
-        tl.store(value_cache_ptr + v_base[:, None] + v_dim_off[None, :],
-                 v.to(value_cache_ptr.dtype.element_ty), mask=cache_mask)
+        tl.store(
+            key_cache_ptr + k_base[:, None] + k_dim[None, :],
+            k_val.to(key_cache_ptr.dtype.element_ty),
+            mask=cache_mask,
+        )
+        tl.store(
+            value_cache_ptr + v_base[:, None] + v_dim_off[None, :],
+            v.to(value_cache_ptr.dtype.element_ty),
+            mask=cache_mask,
+        )
 
 
 qk_norm_rope_cache_kernel = lazy_kernel(_qk_norm_rope_cache_kernel)
@@ -151,7 +180,11 @@ def default_launch(num_tokens: int, head_dim: int, cfg: LaunchConfig) -> tuple[i
 
 
 def kernel_constexprs(
-    head_dim: int, is_neox: bool, geo_key_x: int, cache_dtype: torch.dtype, write_k_out: bool,
+    head_dim: int,
+    is_neox: bool,
+    geo_key_x: int,
+    cache_dtype: torch.dtype,
+    write_k_out: bool,
     block_t: int,
 ) -> dict[str, object]:
     """The constexpr arguments that select one compiled variant."""
@@ -189,8 +222,19 @@ def qk_norm_rope_cache_triton(
 ) -> None:
     """Launch the fused kernel (tensors on a GPU, or on CPU under ``TRITON_INTERPRET=1``)."""
     geo = validate_fused_args(
-        qkv, positions, q_weight, k_weight, cos_sin_cache, key_cache, value_cache, slot_mapping,
-        q_out, k_out, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        q_out,
+        k_out,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
     )
     num_tokens = qkv.shape[0]
     if num_tokens == 0:
@@ -200,15 +244,39 @@ def qk_norm_rope_cache_triton(
     k2 = k_out.view(num_tokens, num_kv_heads * head_dim) if k_out is not None else q2
     grid = (triton.cdiv(num_tokens, block_t), num_heads + num_kv_heads)
     qk_norm_rope_cache_kernel[grid](
-        qkv, positions, q_weight, k_weight, cos_sin_cache,
-        q2, k2, key_cache, value_cache, slot_mapping, k_scale, v_scale,
-        num_tokens, num_heads, num_kv_heads, cos_sin_cache.shape[-1], geo.block_size,
-        qkv.stride(0), q2.stride(0), k2.stride(0), cos_sin_cache.stride(0),
-        geo.k_block, geo.k_slot, geo.k_head, geo.k_dim_outer,
-        geo.v_block, geo.v_slot, geo.v_head, geo.v_dim,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        q2,
+        k2,
+        key_cache,
+        value_cache,
+        slot_mapping,
+        k_scale,
+        v_scale,
+        num_tokens,
+        num_heads,
+        num_kv_heads,
+        cos_sin_cache.shape[-1],
+        geo.block_size,
+        qkv.stride(0),
+        q2.stride(0),
+        k2.stride(0),
+        cos_sin_cache.stride(0),
+        geo.k_block,
+        geo.k_slot,
+        geo.k_head,
+        geo.k_dim_outer,
+        geo.v_block,
+        geo.v_slot,
+        geo.v_head,
+        geo.v_dim,
         float(eps),
-        **kernel_constexprs(head_dim, is_neox, geo.key_x, key_cache.dtype, k_out is not None,
-                            block_t),
+        **kernel_constexprs(
+            head_dim, is_neox, geo.key_x, key_cache.dtype, k_out is not None, block_t
+        ),
         num_warps=num_warps,
         enable_fp_fusion=False,
     )
@@ -258,8 +326,9 @@ def validate_fused_args(
         raise ValueError("cos_sin_cache must have a dense last dim")
     if q_out.shape != (t, num_heads, head_dim) or not q_out.is_contiguous():
         raise ValueError(f"q_out must be a contiguous [{t}, {num_heads}, {head_dim}] tensor")
-    if k_out is not None and (k_out.shape != (t, num_kv_heads, head_dim)
-                              or not k_out.is_contiguous()):
+    if k_out is not None and (
+        k_out.shape != (t, num_kv_heads, head_dim) or not k_out.is_contiguous()
+    ):
         raise ValueError(f"k_out must be a contiguous [{t}, {num_kv_heads}, {head_dim}] tensor")
     if key_cache.dtype not in CACHE_DTYPES:
         raise ValueError(

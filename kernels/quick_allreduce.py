@@ -114,8 +114,7 @@ def two_shot_int4_all_reduce(
     # Shot 2: quantize the reduced segment once and gather every rank's.
     red_codes, red_scales = quantize(acc)
     all_codes = torch.empty(world * red_codes.numel(), dtype=red_codes.dtype, device=x.device)
-    all_scales = torch.empty(world * red_scales.numel(), dtype=red_scales.dtype,
-                             device=x.device)
+    all_scales = torch.empty(world * red_scales.numel(), dtype=red_scales.dtype, device=x.device)
     _all_gather(all_codes, red_codes, group)
     _all_gather(all_scales, red_scales, group)
     out = dequantize(all_codes, all_scales)
@@ -168,8 +167,9 @@ def two_shot_int4_simulated(
     """
     dtype = inputs[0].dtype
     if cast_bf16_to_fp16 and dtype == torch.bfloat16:
-        out = two_shot_int4_simulated([x.to(torch.float16) for x in inputs], quantize,
-                                      dequantize, False)
+        out = two_shot_int4_simulated(
+            [x.to(torch.float16) for x in inputs], quantize, dequantize, False
+        )
         return out.to(torch.bfloat16)
     numel = inputs[0].numel()
     padded = _padded_segment(numel, len(inputs)) * len(inputs)
@@ -184,8 +184,9 @@ def two_shot_int4_simulated(
 
 
 def _gloo_worker(rank: int, world: int, port: int, workdir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         x = torch.load(f"{workdir}/input{rank}.pt")
         out, report = all_reduce_error_report(x)
@@ -194,8 +195,9 @@ def _gloo_worker(rank: int, world: int, port: int, workdir: str) -> None:
         dist.destroy_process_group()
 
 
-def gloo_error_reports(inputs: list[torch.Tensor], workdir: str
-                       ) -> list[tuple[torch.Tensor, AllReduceErrorReport]]:
+def gloo_error_reports(
+    inputs: list[torch.Tensor], workdir: str
+) -> list[tuple[torch.Tensor, AllReduceErrorReport]]:
     """Spawn ``len(inputs)`` CPU processes on gloo, one input each; each rank's result."""
     import socket
 
@@ -225,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
     args = p.parse_args(argv)
     g = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(args.numel, generator=g).to(getattr(torch, args.dtype))
-              for _ in range(args.world_size)]
+    inputs = [
+        torch.randn(args.numel, generator=g).to(getattr(torch, args.dtype))
+        for _ in range(args.world_size)
+    ]
     with tempfile.TemporaryDirectory() as workdir:
         _, report = gloo_error_reports(inputs, workdir)[0]
     for key, value in report.as_dict().items():

@@ -132,8 +132,15 @@ def qk_norm_rope_cache_reference(
 ) -> None:
     """The whole fused operation in torch: fills ``q_out`` (and ``k_out``), writes the cache."""
     q, k, v = qk_norm_rope_fp32(
-        qkv, positions, q_weight, k_weight, cos_sin_cache,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, eps=eps,
+        qkv,
+        positions,
+        q_weight,
+        k_weight,
+        cos_sin_cache,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        eps=eps,
         is_neox=is_neox,
     )
     q_out.copy_(q.to(q_out.dtype).view(q_out.shape))

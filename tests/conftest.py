@@ -8,6 +8,7 @@ machine, so tests share them where they can: `cpu_server` for the whole session,
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -17,8 +18,10 @@ import pytest
 
 from atom_tier.devtools.cpu_server import CpuVllmServer
 from atom_tier.devtools.tiny_model import build_tiny_model
+from atom_tier.tiers.nvme_store import NvmeChunkStore
 
 ServerFactory = Callable[..., CpuVllmServer]
+StoreFactory = Callable[..., NvmeChunkStore]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -51,6 +54,41 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     yield mount
     for mount_point in mounted:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture(autouse=True)
+def restore_environ() -> Iterator[None]:
+    """vLLM's platform hooks, atom-tier's selection and plugins write os.environ: every test
+    gets the environment back as it found it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def make_offloading_config(**overrides: Any) -> Any:
+    """A real vLLM OffloadingConfig for one group of two layers (tests of specs and tiers
+    that run without a server); keyword arguments replace its fields."""
+    from vllm.v1.kv_offload.config import (
+        OffloadingCacheConfig,
+        OffloadingConfig,
+        OffloadingGroupConfig,
+        OffloadingModelConfig,
+        OffloadingParallelConfig,
+    )
+
+    fields: dict[str, Any] = {
+        "groups": (OffloadingGroupConfig(16, ("layers.0", "layers.1"), 0),),
+        "worker_kv_bytes_per_block": 64 * 1024,
+        "enable_kv_cache_events": False,
+        "extra_config": {},
+        "engine_id": "atom-tier-test",
+        "model": OffloadingModelConfig("tiny-model", "bfloat16"),
+        "cache": OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=1),
+        "parallel": OffloadingParallelConfig(0, 1, 1, 1, 1, 1, 0, 1, None, True),
+    }
+    fields.update(overrides)
+    return OffloadingConfig(**fields)
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +158,21 @@ def cpu_server(
     servers = _Servers(tiny_model_dir, tmp_path_factory.mktemp("session-server"))
     yield servers.start()
     servers.stop_all(failed=False)
+
+
+@pytest.fixture
+def make_store() -> Iterator[StoreFactory]:
+    """NVMe chunk stores on real files: opened (waiting for start-up), all closed at the end
+    of the test."""
+    opened: list[NvmeChunkStore] = []
+
+    def factory(root: Path, capacity: int | None, **options: Any) -> NvmeChunkStore:
+        options.setdefault("namespace", b"test-model")
+        store = NvmeChunkStore(root, capacity, **options)
+        store.wait_ready(30)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()

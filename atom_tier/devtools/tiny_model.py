@@ -29,6 +29,7 @@ class ModelShape:
     kv_heads: int = 2
     head_dim: int = 32
 
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|> {{ message['role'] }} {{ message['content'] }}"
     " <|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"

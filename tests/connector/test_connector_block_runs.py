@@ -129,8 +129,10 @@ def test_worker_round_trip_batched_or_not(uneven: bool, num_blocks: int) -> None
     worker, layers, hosts = worker_for(uneven)
     assert [b.device.shape[0] for b in worker._group_batches[0]] == ([2, 1] if uneven else [3])
     rng = random.Random(num_blocks)
-    source = rng.sample(range(NUM_BLOCKS // 2), num_blocks) if num_blocks < 24 else list(
-        range(num_blocks)
+    source = (
+        rng.sample(range(NUM_BLOCKS // 2), num_blocks)
+        if num_blocks < 24
+        else list(range(num_blocks))
     )
     num_chunks = -(-(1 + num_blocks) // 2)
     chunks = rng.sample(range(40), num_chunks)

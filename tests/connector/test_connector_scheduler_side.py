@@ -20,6 +20,7 @@ from vllm.v1.kv_offload.tiering.manager import (
 from atom_tier.connector import metrics
 from atom_tier.connector.manager import MeteredTieringManager, tier_label
 from atom_tier.connector.region import AtomTierSharedRegion, drop_region_name, region_path
+from tests.conftest import make_offloading_config
 
 CHUNK = 4096
 
@@ -143,25 +144,13 @@ def test_secondary_tiers_report_usage_when_they_can() -> None:
 
 
 def test_a_dram_tier_smaller_than_one_chunk_is_refused() -> None:
-    from vllm.v1.kv_offload.config import (
-        OffloadingCacheConfig,
-        OffloadingConfig,
-        OffloadingGroupConfig,
-        OffloadingModelConfig,
-        OffloadingParallelConfig,
-    )
+    from vllm.v1.kv_offload.config import OffloadingCacheConfig
 
     from atom_tier.connector.spec import AtomTierOffloadingSpec
 
-    config = OffloadingConfig(
-        groups=(OffloadingGroupConfig(128, ("layer.0",), 0),),
-        worker_kv_bytes_per_block=65536,
-        enable_kv_cache_events=False,
+    config = make_offloading_config(  # chunks of 2 blocks x 64 KiB: 128 KiB > 100,000 bytes
         extra_config={"cpu_bytes_to_use": 100_000},
-        engine_id="unused",
-        model=OffloadingModelConfig("tiny", "bfloat16"),
-        cache=OffloadingCacheConfig(tokens_per_hash=128, blocks_per_chunk=2),
-        parallel=OffloadingParallelConfig(0, 1, 1, 1, 1, 1, 0, 1, None, True),
+        cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=2),
     )
     with pytest.raises(ValueError, match=r"smaller than one chunk .*ATOM_TIER_DRAM_GB"):
         AtomTierOffloadingSpec(config)

@@ -10,7 +10,6 @@ stays imported (it caches the arch at import): every test that imports it uses t
 
 from __future__ import annotations
 
-import os
 import types
 from collections.abc import Iterator
 
@@ -25,15 +24,6 @@ MI300X = types.SimpleNamespace(
     major=9,
     minor=4,
 )
-
-
-@pytest.fixture(autouse=True)
-def restore_environ() -> Iterator[None]:
-    """Selection and vLLM's platform hooks write os.environ; undo it after each test."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture

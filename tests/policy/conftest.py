@@ -14,7 +14,6 @@ optimization-level defaults, capture-size computation — is vLLM's own code.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -87,15 +86,6 @@ def make_double(facts: PlatformFacts, environ: Mapping[str, str], record: dict[s
 
 
 BuildConfig = Callable[..., Built]
-
-
-@pytest.fixture(autouse=True)
-def restore_environ() -> Iterator[None]:
-    """vLLM's CPU hooks and atom-tier's selection write os.environ; undo it after each test."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Every bad setting stops a real CPU vLLM server before the weights load, in one message.
 
 One server start per row (each exits within seconds: nothing is loaded). The other bad values
-are covered by unit tests on real VllmConfigs (tests/connector/test_connector_settings_checks.py,
-tests/unit/test_preflight_checks.py, tests/unit/test_start_up.py).
+are covered by unit tests on real VllmConfigs (tests/preflight/test_connector_checks.py,
+tests/preflight/test_checks.py, tests/platform/test_start_up.py).
 """
 
 from __future__ import annotations

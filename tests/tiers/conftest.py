@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atom_tier.tiers.direct_engine import probe_o_direct
-from atom_tier.tiers.nvme_store import NvmeChunkStore
+from tests.conftest import StoreFactory
 
-StoreFactory = Callable[..., NvmeChunkStore]
+__all__ = ["StoreFactory"]
 
 
 def payload_for(key: bytes, size: int) -> bytes:
@@ -52,23 +51,6 @@ def engines() -> list[Any]:
         ),
         "aiofile",
     ]
-
-
-@pytest.fixture
-def make_store() -> Iterator[StoreFactory]:
-    """Opens stores (waiting for start-up) and closes all of them at the end of the test."""
-    opened: list[NvmeChunkStore] = []
-
-    def factory(root: Path, capacity: int | None, **options: Any) -> NvmeChunkStore:
-        options.setdefault("namespace", b"test-model")
-        store = NvmeChunkStore(root, capacity, **options)
-        store.wait_ready(30)
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        store.close()
 
 
 def fs_used_bytes(path: Path) -> int:

@@ -16,11 +16,7 @@ from typing import Any
 import pytest
 from vllm.v1.kv_offload.base import LookupResult, ReqContext, ScheduleEndContext, make_offload_key
 from vllm.v1.kv_offload.config import (
-    OffloadingCacheConfig,
-    OffloadingConfig,
-    OffloadingGroupConfig,
     OffloadingModelConfig,
-    OffloadingParallelConfig,
 )
 from vllm.v1.kv_offload.cpu.common import CPULoadStoreSpec
 from vllm.v1.kv_offload.tiering.manager import TieringOffloadingManager
@@ -31,6 +27,7 @@ from atom_tier.sizing import GIB as BYTES_PER_GB
 from atom_tier.tiers import nvme_secondary_tier_config
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, chunk_relpath
 from atom_tier.tiers.vllm_tier import METRIC_PREFIX, AtomTierNvmeTier
+from tests.conftest import make_offloading_config
 from tests.tiers.conftest import payload_for
 
 DRAM_CHUNKS = 4
@@ -50,15 +47,11 @@ def _spec(
     identity = None if weights is None else {"model": model, "numerics": "n", "weights_id": weights}
     tier = nvme_secondary_tier_config(settings, identity)
     assert tier is not None
-    config = OffloadingConfig(
-        groups=(OffloadingGroupConfig(16, ("layers.0", "layers.1"), 0),),
+    config = make_offloading_config(
         worker_kv_bytes_per_block=CHUNK_BYTES,
-        enable_kv_cache_events=False,
         extra_config={"cpu_bytes_to_use": DRAM_CHUNKS * CHUNK_BYTES, "secondary_tiers": [tier]},
         engine_id=f"atom-tier-test-{uuid.uuid4().hex[:8]}",
         model=OffloadingModelConfig(model, "bfloat16"),
-        cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=1),
-        parallel=OffloadingParallelConfig(0, 1, 1, 1, 1, 1, 0, 1, None, True),
     )
     return TieringOffloadingSpec(config)
 
