@@ -2,7 +2,7 @@
 
 ``apply_config_platform_defaults`` → :func:`apply_defaults`: plan with :mod:`atom_tier.policy`,
 apply, log each change. ``check_and_update_config`` → :func:`check_and_report`: run preflight,
-log the feature block (:mod:`atom_tier.policy.report`), then stop start-up with every error
+log the feature block (:mod:`atom_tier.policy.feature_report`), then stop start-up with every error
 and its fix. Both hooks run inside one ``VllmConfig.__post_init__``; the decisions made in the
 first are kept for the second, keyed by the config object.
 
@@ -20,7 +20,7 @@ from typing import Any
 from atom_tier.connector import vllm_compat
 from atom_tier.log import get_logger
 from atom_tier.policy import Decision, PlatformFacts, apply_decisions
-from atom_tier.policy.report import FeatureStatus, build_feature_report, log_block
+from atom_tier.policy.feature_report import FeatureStatus, build_feature_report, log_block
 from atom_tier.settings import AtomTierSettings, load_foreign_env, load_settings
 
 logger = get_logger(__name__)

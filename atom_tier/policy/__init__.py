@@ -12,12 +12,12 @@ Modules: the vocabulary (facts, decisions, changes) in :mod:`.decisions`; the or
 decisions in :mod:`.plan`; CUDA graphs in :mod:`.graphs`; KV cache dtype, prefix caching, async
 scheduling and the tiered connector in :mod:`.cache`; AITER attention, the fused
 QK-norm/RoPE/KV-cache pass and the AITER backend ranking in :mod:`.kernels`; the environment
-set before workers start in :mod:`.env`; the feature block in :mod:`.report`. Policy imports
+set before workers start in :mod:`.env`; the feature block in :mod:`.feature_report`. Policy imports
 settings, names and preflight's findings, never a tier, a connector or LMCache: what needs a
 probe (the LMCache engine's configuration) is passed in by the platform.
 
 Import rule: this package, :mod:`.decisions`, :mod:`.cache`, :mod:`.kernels`, :mod:`.env` and
-:mod:`.report` import nothing from vLLM at import time (they do inside functions). The
+:mod:`.feature_report` import nothing from vLLM at import time (they do inside functions). The
 platform classes import them while vLLM is still resolving its platform, and importing
 ``vllm.config`` then would start a second, nested resolution (tested in
 tests/platform/test_cpu_platform.py). :mod:`.graphs` and :mod:`.plan` import vLLM's enums and

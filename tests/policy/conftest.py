@@ -26,7 +26,7 @@ from vllm.platforms.cpu import CpuPlatform
 
 from atom_tier.platform import delegate
 from atom_tier.policy import Decision, PlatformFacts
-from atom_tier.policy.report import FeatureStatus
+from atom_tier.policy.feature_report import FeatureStatus
 from atom_tier.settings import load_settings
 
 # A ROCm MI300X as atom-tier's policy sees it, AITER installed and enabled (a double: no GPU).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atom_tier.policy.report import FEATURES, render_block
+from atom_tier.policy.feature_report import FEATURES, render_block
 from atom_tier.preflight import PreflightError
 from atom_tier.preflight import findings as preflight_findings
 from atom_tier.preflight.findings import Check, Finding, Level
