@@ -122,7 +122,10 @@ def test_doctor_names_a_stale_shm_segment_and_deletes_nothing() -> None:
         data = json.loads(result.stdout)
         jsonschema.validate(data, DOCTOR_SCHEMA)
         [found] = [f for f in data["findings"] if f["code"] == "shm-stale-segments"]
-        assert found["level"] == "info" and "1.00 MiB of memory held" in found["message"]
+        # Other stale segments may be there too (a killed server leaves vLLM's): the finding
+        # sums them all, so only this segment's own entry in the fix is checked here; sizes
+        # are checked on a private root in tests/preflight/test_probes.py.
+        assert found["level"] == "info" and " of memory held (" in found["message"]
         assert f" {segment} " in found["fix"].split(" (")[0] + " "
         assert segment.exists()
         text = doctor(env={"PYTHONHASHSEED": "0"}).stdout
