@@ -15,59 +15,36 @@ import difflib
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from atom_tier.choices import (
+    ConnectorEngine,
+    EvictionPolicy,
+    KvCacheDtype,
+    QuickReduce,
+    SettingsError,
+    allowed_values,
+)
+
 ENV_PREFIX = "ATOM_TIER_"
-
-
-class SettingsError(ValueError):
-    """A variable holds a value atom-tier cannot use; the message names it and what is allowed.
-
-    ``problems``: (variable, what is wrong with it) for each bad variable.
-    """
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(text for _, text in problems))
-        self.problems = problems
-
-
-class QuickReduce(str, Enum):
-    """Quick all-reduce quantization (vLLM ``VLLM_ROCM_QUICK_REDUCE_QUANTIZATION`` names)."""
-
-    INT4 = "INT4"
-    INT6 = "INT6"
-    INT8 = "INT8"
-    FP = "FP"
-    NONE = "NONE"
-
-
-class ConnectorEngine(str, Enum):
-    """Which engine serves the tiered KV cache."""
-
-    NATIVE = "native"
-    LMCACHE = "lmcache"
-    OFF = "off"
-
-
-class KvCacheDtype(str, Enum):
-    """KV cache dtype atom-tier asks for when the user left vLLM's at ``auto``."""
-
-    FP8 = "fp8"
-    FP8_E4M3 = "fp8_e4m3"
-    FP8_E5M2 = "fp8_e5m2"
-    AUTO = "auto"
-
-
-class EvictionPolicy(str, Enum):
-    """Eviction policy of the DRAM tier (vLLM's offloading managers offer both)."""
-
-    LRU = "lru"
-    ARC = "arc"
+__all__ = [
+    "AtomTierSettings",
+    "ConnectorEngine",
+    "EvictionPolicy",
+    "ForeignEnv",
+    "KvCacheDtype",
+    "QuickReduce",
+    "SettingsError",
+    "load_foreign_env",
+    "load_settings",
+    "settings_fields",
+    "unknown_variables",
+    "variable_of",
+]
 
 
 # True while validating an explicit mapping: the process environment must not leak in.
@@ -188,6 +165,37 @@ class AtomTierSettings(_EnvSettings):
         description="A version of the served weights, used in the NVMe tier's namespace instead "
         "of the sampled weights fingerprint; change it whenever the weights change.",
     )
+    shared_url: str | None = Field(
+        None,
+        validation_alias=_env("SHARED_URL", "LMCACHE_REMOTE_URL"),
+        description="Valkey/Redis shared tier behind DRAM and NVMe: `redis://`, `rediss://` "
+        "(TLS), `unix://`, a comma-separated list of cluster nodes, or `redis+cluster://`; "
+        "unset: no shared tier. Credentials in it are never logged.",
+    )
+    shared_prefix: str = Field(
+        "atom-tier",
+        min_length=1,
+        validation_alias=_env("SHARED_PREFIX"),
+        description="Prefix of every shared-tier key, so tenants and deployments never collide.",
+    )
+    shared_secret: SecretStr | None = Field(
+        None,
+        validation_alias=_env("SHARED_SECRET"),
+        description="Shared secret: every shared-tier chunk is signed with it and unsigned or "
+        "mis-signed chunks are misses. Every replica sharing chunks needs the same one.",
+    )
+    shared_secret_file: Path | None = Field(
+        None,
+        validation_alias=_env("SHARED_SECRET_FILE"),
+        description="File holding the shared secret (a Kubernetes secret mount), instead of "
+        "`ATOM_TIER_SHARED_SECRET`.",
+    )
+    shared_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        validation_alias=_env("SHARED_TIMEOUT_S"),
+        description="Timeout of one shared-tier operation; a timeout opens the circuit breaker.",
+    )
     chunk_tokens: int = Field(
         256,
         gt=0,
@@ -302,23 +310,6 @@ def variable_of(field: str, environ: Mapping[str, str] | None = None) -> str:
     return _source_variable(field, os.environ if environ is None else environ)
 
 
-def _allowed(field: str) -> str:
-    annotation = AtomTierSettings.model_fields[field].annotation
-    for candidate in getattr(annotation, "__args__", (annotation,)):
-        if isinstance(candidate, type) and issubclass(candidate, Enum):
-            return "one of " + ", ".join(str(m.value) for m in candidate)
-    bounds = []
-    for constraint in AtomTierSettings.model_fields[field].metadata:
-        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            if getattr(constraint, attr, None) is not None:
-                bounds.append(f"{symbol} {getattr(constraint, attr)}")
-    kinds = {bool: "true or false", int: "an integer", float: "a number", Path: "a path"}
-    for kind, text in kinds.items():
-        if kind in getattr(annotation, "__args__", (annotation,)):
-            return " ".join([text, *bounds])
-    return str(annotation)
-
-
 def _field_of(location: str) -> str:
     """The field an error location names: a field name, or one of its variable names."""
     for name, field in AtomTierSettings.model_fields.items():
@@ -353,7 +344,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> AtomTierSettings:
                 continue
             variable = _source_variable(field_name, env)
             value = error.get("input")
-            allowed = _allowed(field_name)
+            allowed = allowed_values(AtomTierSettings.model_fields[field_name])
             problems.append((variable, f"{variable}={value!r} is not valid: expected {allowed}"))
         raise SettingsError(problems) from None
 

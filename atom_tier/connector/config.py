@@ -21,7 +21,7 @@ from atom_tier.preflight.checks_connector import chunk_tokens_finding, connector
 from atom_tier.preflight.findings import Level
 from atom_tier.settings import AtomTierSettings
 from atom_tier.sizing import device_share, dram_tier_bytes, human_size
-from atom_tier.tiers import nvme_secondary_tier_config
+from atom_tier.tiers import nvme_secondary_tier_config, shared_secondary_tier_config
 from atom_tier.tiers.host import probe_devices_on_node, probe_dram_budget
 from atom_tier.tiers.model_identity import numerics_digest
 
@@ -80,9 +80,13 @@ def model_identity_entry(vllm_config: Any, settings: AtomTierSettings) -> dict[s
 def secondary_tiers(
     settings: AtomTierSettings, model_identity: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Secondary tier entries for vLLM's TieringOffloadingSpec, in lookup order."""
-    nvme = nvme_secondary_tier_config(settings, model_identity)
-    return [nvme] if nvme else []
+    """Secondary tier entries for vLLM's TieringOffloadingSpec, in lookup order: the local
+    NVMe tier before the shared one (a local hit costs no network)."""
+    tiers = [
+        nvme_secondary_tier_config(settings, model_identity),
+        shared_secondary_tier_config(settings, model_identity),
+    ]
+    return [tier for tier in tiers if tier]
 
 
 def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict[str, Any]:

@@ -7,8 +7,9 @@ Everything that moves or tracks KV is vLLM's offloading connector with atom-tier
 * the DRAM-size guard, repeated at start-up with the real device KV cache size;
 * one INFO line per request with its hit tokens per tier, shaped like LMCache's line
   (``Reqid: ..., Total tokens N, Inference Engine computed tokens: L, atom-tier hit tokens:
-  H (dram D, nvme V), need to load: H``) so the same log searches work. It is written when
-  the request finishes (N counts its prompt tokens), off the path to its first token.
+  H (dram D, nvme V[, shared S]), need to load: H``) so the same log searches work. It is
+  written when the request finishes (N counts its prompt tokens), off the path to its first
+  token.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from atom_tier.preflight.checks_connector import evaluate_dram_tier
 from atom_tier.preflight.findings import Level
 from atom_tier.settings import AtomTierSettings, load_settings
 from atom_tier.sizing import dram_requirement
+from atom_tier.tiers import SHARED_TIER_CLASS
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -46,15 +48,21 @@ TIER_NAMES = {
     CacheHitSource.HOST: "dram",
     CacheHitSource.DISK: "nvme",
     CacheHitSource.P2P: "p2p",
-    CacheHitSource.EXTERNAL_UNSPECIFIED: "other",
+    # atom-tier's shared tier reports vLLM's fallback source for remote stores (no other
+    # tier under this connector does).
+    CacheHitSource.EXTERNAL_UNSPECIFIED: "shared",
 }
 
 
 def hit_tokens_line(
-    request_id: str, total_tokens: int, local_tokens: int, by_source: Mapping[Any, int]
+    request_id: str,
+    total_tokens: int,
+    local_tokens: int,
+    by_source: Mapping[Any, int],
+    shared_tier: bool = False,
 ) -> str:
-    """The per-request log line (pure, for tests)."""
-    per_tier = {"dram": 0, "nvme": 0}
+    """The per-request log line (pure, for tests); ``shared S`` only with a shared tier."""
+    per_tier = {"dram": 0, "nvme": 0, **({"shared": 0} if shared_tier else {})}
     for source, tokens in by_source.items():
         name = TIER_NAMES.get(CacheHitSource(source), str(source))
         per_tier[name] = per_tier.get(name, 0) + int(tokens)
@@ -79,6 +87,9 @@ class AtomTierConnector(OffloadingConnector):
         self._local_tokens: dict[str, int] = {}
         # request id -> (prompt tokens, local tokens, hit tokens by source) until it finishes.
         self._hits: dict[str, tuple[int, int, dict[Any, int]]] = {}
+        self._shared_tier = any(
+            tier.get("type") == SHARED_TIER_CLASS for tier in extra.get("secondary_tiers", [])
+        )
         if role == KVConnectorRole.SCHEDULER:
             logger.info("atom-tier tiered KV cache: %s", describe(extra))
             self._check_dram_size(vllm_config, kv_cache_config, settings)
@@ -137,7 +148,7 @@ class AtomTierConnector(OffloadingConnector):
         self._local_tokens.pop(request.request_id, None)
         hits = self._hits.pop(request.request_id, None)
         if hits is not None:
-            logger.info("%s", hit_tokens_line(request.request_id, *hits))
+            logger.info("%s", hit_tokens_line(request.request_id, *hits, self._shared_tier))
 
     def request_finished(
         self, request: Request, block_ids: list[int]

@@ -19,6 +19,7 @@ CHECK_MODULES = (
     "atom_tier.preflight.checks_storage",
     "atom_tier.preflight.checks_lmcache",
     "atom_tier.preflight.checks_connector",
+    "atom_tier.preflight.checks_shared",
 )
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any
 from atom_tier.lmcache.native_ops import LMCacheFacts
 from atom_tier.settings import AtomTierSettings, ForeignEnv
 from atom_tier.sizing import DramBudget
+from atom_tier.tiers.shared_probe import SharedProbe
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Facts:
     # The memory limit and /dev/shm the automatic DRAM tier is sized from.
     dram_budget: DramBudget = field(default_factory=lambda: DramBudget(None, None))
     devices_on_node: int | None = None  # GPUs on this node, probed inside a vLLM server
+    shared: SharedProbe | None = None  # the shared tier's server, probed by `doctor` only
 
 
 @dataclass

@@ -16,9 +16,10 @@ from atom_tier.preflight.context import (
     ShmSegment,
     TorchBuild,
 )
-from atom_tier.settings import AtomTierSettings
+from atom_tier.settings import AtomTierSettings, variable_of
 from atom_tier.tiers.direct_engine import probe_o_direct
 from atom_tier.tiers.host import probe_devices_on_node, probe_dram_budget, probe_host_memory
+from atom_tier.tiers.shared_probe import SharedProbe, probe_shared_tier
 
 SHM_ROOT = Path("/dev/shm")
 # Python's multiprocessing.shared_memory names its segments psm_<hex>; vLLM's shared-memory
@@ -194,4 +195,15 @@ def gather_facts(settings: AtomTierSettings, shm: bool = True, in_vllm: bool = F
         shm=probe_shm() if shm else None,
         dram_budget=probe_dram_budget(),
         devices_on_node=probe_devices_on_node() if in_vllm else None,
+        # A starting server does not wait on the network; the tier degrades by itself.
+        shared=probe_shared(settings) if settings.shared_url and not in_vllm else None,
+    )
+
+
+def probe_shared(settings: AtomTierSettings) -> SharedProbe:
+    return probe_shared_tier(
+        str(settings.shared_url),
+        variable_of("shared_url"),
+        settings.shared_prefix,
+        settings.shared_timeout_s,
     )

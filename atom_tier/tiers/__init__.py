@@ -1,8 +1,10 @@
-"""Storage tiers of atom-tier's KV cache: the NVMe chunk store and its vLLM adapter.
+"""Storage tiers of atom-tier's KV cache: the NVMe chunk store, the shared (Valkey/Redis)
+chunk store, and their vLLM adapters.
 
-The connector puts :func:`nvme_secondary_tier_config` into its ``TieringOffloadingSpec``'s
-``secondary_tiers``. vLLM's tier factory imports the class named by ``type`` from
-``module_path``, so no registration step is needed in any process.
+The connector puts :func:`nvme_secondary_tier_config` and :func:`shared_secondary_tier_config`
+into its ``TieringOffloadingSpec``'s ``secondary_tiers``, in that (lookup) order. vLLM's tier
+factory imports the class named by ``type`` from ``module_path``, so no registration step is
+needed in any process.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 
 NVME_TIER_CLASS = "AtomTierNvmeTier"
 NVME_TIER_MODULE = "atom_tier.tiers.vllm_tier"
+SHARED_TIER_CLASS = "AtomTierSharedTier"
+SHARED_TIER_MODULE = "atom_tier.tiers.shared_tier"
 
 
 def nvme_secondary_tier_config(
@@ -43,4 +47,19 @@ def nvme_secondary_tier_config(
     }
 
 
-__all__ = ["nvme_secondary_tier_config"]
+def shared_secondary_tier_config(
+    settings: AtomTierSettings, model_identity: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The ``secondary_tiers`` entry of the shared tier, or None when ATOM_TIER_SHARED_URL is
+    unset. It holds no address and no secret (vLLM logs its config): the tier reads both from
+    the settings where it starts."""
+    if not settings.shared_url:
+        return None
+    return {
+        "type": SHARED_TIER_CLASS,
+        "module_path": SHARED_TIER_MODULE,
+        "model_identity": dict(model_identity) if model_identity is not None else None,
+    }
+
+
+__all__ = ["nvme_secondary_tier_config", "shared_secondary_tier_config"]

@@ -68,24 +68,13 @@ def fault_kind(exc: OSError, root_exists: bool) -> str:
     return "other"
 
 
-class TierCounters:
-    """Thread-safe counters plus the write-fault state machine.
+class Counters:
+    """Thread-safe named counters; :meth:`snapshot` reports every name, zeros included."""
 
-    A fault (disk full, EIO, directory removed, ...) disables writes. After ``retry_s`` one
-    write is allowed again; if it fails the wait doubles (up to ``max_retry_s``). Only the
-    first fault of a streak is logged at WARNING, its recovery at INFO.
-    """
-
-    def __init__(self, where: str, retry_s: float = 60.0, max_retry_s: float = 900.0) -> None:
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._where = where
-        self._retry_s = retry_s
-        self._max_retry_s = max(retry_s, max_retry_s)
-        self._wait_s = retry_s
-        self._write_disabled = False
-        self._retry_at = 0.0
-        self.last_fault = ""
 
     def add(self, name: str, value: float = 1) -> None:
         with self._lock:
@@ -95,6 +84,29 @@ class TierCounters:
         with self._lock:
             for name, value in values.items():
                 self._counts[name] += value  # type: ignore[assignment]
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {name: float(self._counts[name]) for name in self._names}
+
+
+class TierCounters(Counters):
+    """The NVMe tier's counters plus the write-fault state machine.
+
+    A fault (disk full, EIO, directory removed, ...) disables writes. After ``retry_s`` one
+    write is allowed again; if it fails the wait doubles (up to ``max_retry_s``). Only the
+    first fault of a streak is logged at WARNING, its recovery at INFO.
+    """
+
+    def __init__(self, where: str, retry_s: float = 60.0, max_retry_s: float = 900.0) -> None:
+        super().__init__(COUNTER_NAMES)
+        self._where = where
+        self._retry_s = retry_s
+        self._max_retry_s = max(retry_s, max_retry_s)
+        self._wait_s = retry_s
+        self._write_disabled = False
+        self._retry_at = 0.0
+        self.last_fault = ""
 
     def corrupt(self, kind: CorruptionKind) -> None:
         self.add_many({"corrupt_dropped": 1, f"corrupt_{kind.value}": 1})
@@ -145,9 +157,8 @@ class TierCounters:
             )
 
     def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            out: dict[str, float] = {name: float(self._counts[name]) for name in COUNTER_NAMES}
-            out["write_disabled"] = float(self._write_disabled)
+        out = super().snapshot()
+        out["write_disabled"] = float(self._write_disabled)
         return out
 
 

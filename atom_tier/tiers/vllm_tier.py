@@ -34,8 +34,7 @@ from vllm.v1.kv_offload.base import (
     Locality,
     LookupResult,
     Medium,
-    OffloadingCounterMetadata,
-    OffloadingGaugeMetadata,
+    OffloadingEvent,
     OffloadingMetricMetadata,
     OffloadKey,
     ReqContext,
@@ -47,6 +46,7 @@ from atom_tier.log import get_logger
 from atom_tier.tiers.chunk_format import FORMAT_VERSION
 from atom_tier.tiers.model_identity import ModelIdentity, model_identity
 from atom_tier.tiers.nvme_store import NvmeChunkStore
+from atom_tier.tiers.tier_metrics import StatsReporter, metric_definitions
 from atom_tier.tiers.tier_stats import COUNTER_NAMES, GAUGE_NAMES, WriteReport
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ METRIC_PREFIX = "atom_tier:nvme_tier_"
 
 
 def namespace_of(
-    offloading_spec: OffloadingSpec, chunk_bytes: int, identity: str
+    offloading_spec: OffloadingSpec, chunk_bytes: int, identity: str, *, scope_name: bool = True
 ) -> tuple[str, bytes]:
     """(directory name, namespace) identifying what a chunk's bytes mean.
 
@@ -67,12 +67,14 @@ def namespace_of(
     :mod:`atom_tier.tiers.model_identity`), KV dtype, layout, chunking and parallelism agree:
     the same tokens hash to the same key under other weights, so neither the key nor the
     model's name may select a chunk. The namespace is also written into every chunk header.
+    ``scope_name=False`` leaves the served name (often a local path) out, for a tier shared by
+    replicas that mount the same weights at different paths: the identity already fixes them.
     """
     config = offloading_spec.config
     parallel = config.parallel
     fields = {
         "format": FORMAT_VERSION,
-        "model": config.model.name,
+        "model": config.model.name if scope_name else "",
         "identity": identity,
         "kv_dtype": str(config.model.dtype),
         "tokens_per_hash": config.cache.tokens_per_hash,
@@ -89,12 +91,13 @@ def namespace_of(
     return f"{safe_model[-64:]}_{digest}", digest.encode()
 
 
-def _resolve_identity(entry: Mapping[str, Any] | None) -> ModelIdentity:
+def resolve_identity(entry: Mapping[str, Any] | None, tier: str = "NVMe") -> ModelIdentity:
+    """The model identity a tier entry asks for; a random one (nothing reused) without it."""
     if entry is None:
         logger.warning(
-            "The NVMe tier entry has no model_identity (atom-tier fills it in when it builds "
-            "secondary_tiers): this run's chunks get a random namespace and are never reused "
-            "after a restart"
+            "The %s tier entry has no model_identity (atom-tier fills it in when it builds "
+            "secondary_tiers): this run's chunks get a random namespace and are never reused",
+            tier,
         )
         return ModelIdentity(secrets.token_hex(32), "unverified")
     return model_identity(**entry)
@@ -122,7 +125,7 @@ class AtomTierNvmeTier(SecondaryTierManager):
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality else Locality.LOCAL
         self._flat = primary_kv_view.cast("B")
-        self.identity = _resolve_identity(model_identity)
+        self.identity = resolve_identity(model_identity)
         dirname, namespace = namespace_of(
             offloading_spec, self.block_size_bytes, self.identity.digest
         )
@@ -146,7 +149,10 @@ class AtomTierNvmeTier(SecondaryTierManager):
         )
         self._finished: deque[JobResult] = deque()
         self._open_jobs = 0
-        self._last_counters: dict[str, float] = {}
+        self._reporter = StatsReporter(METRIC_PREFIX, COUNTER_NAMES, GAUGE_NAMES)
+        # KV events (chunks stored) for routers, when vLLM's KV events are on.
+        self._publish_events = offloading_spec.kv_events_config.enable_kv_cache_events
+        self._events: deque[OffloadingEvent] = deque()
         logger.info("atom-tier NVMe tier (%s) at %s", tier_type, root)
         logger.info("atom-tier NVMe tier model identity %s", self.identity.describe())
         if self.identity.source == "unverified":
@@ -183,15 +189,20 @@ class AtomTierNvmeTier(SecondaryTierManager):
         start = time.monotonic()
         future = self.store.submit_writes(items)
         self._open_jobs += 1
-        future.add_done_callback(lambda f: self._store_done(job_metadata.job_id, start, f))
+        keys = list(job_metadata.keys)
+        future.add_done_callback(lambda f: self._store_done(job_metadata.job_id, keys, start, f))
 
-    def _store_done(self, job_id: int, start: float, future: Future[WriteReport]) -> None:
+    def _store_done(
+        self, job_id: int, keys: list[OffloadKey], start: float, future: Future[WriteReport]
+    ) -> None:
         try:
             report = future.result()
             ok, nbytes = report.ok, report.written_bytes
         except Exception:  # never expected: the store turns I/O errors into reports
             logger.exception("NVMe tier store job %s failed", job_id)
             ok, nbytes = False, 0
+        if ok and self._publish_events and report.written:
+            self._events.append(OffloadingEvent(keys, self.medium, False, self.locality))
         self._finished.append(
             JobResult(job_id, ok, transfer_time=time.monotonic() - start, transfer_bytes=nbytes)
         )
@@ -261,31 +272,13 @@ class AtomTierNvmeTier(SecondaryTierManager):
     def build_metric_definitions(
         cls, extra_config: dict[str, Any]
     ) -> dict[str, OffloadingMetricMetadata]:
-        metrics: dict[str, OffloadingMetricMetadata] = {}
-        for name in COUNTER_NAMES:
-            metrics[METRIC_PREFIX + name] = OffloadingCounterMetadata(
-                documentation=f"atom-tier NVMe tier: {name.replace('_', ' ')}."
-            )
-        for name in GAUGE_NAMES:
-            metrics[METRIC_PREFIX + name] = OffloadingGaugeMetadata(
-                documentation=f"atom-tier NVMe tier: {name.replace('_', ' ')} (current)."
-            )
-        return metrics
+        return metric_definitions(METRIC_PREFIX, "NVMe tier", COUNTER_NAMES, GAUGE_NAMES)
 
     @override
     def get_stats(self) -> OffloadingConnectorStats | None:
-        """Counter increments since the previous call, and every gauge.
+        return self._reporter.report(self.store.stats())
 
-        Unchanged gauges are dropped once for all tiers by atom-tier's manager
-        (``connector.metrics.drop_unchanged_gauges``) before a report leaves the engine.
-        """
-        now = self.store.stats()
-        stats = OffloadingConnectorStats()
-        for name in COUNTER_NAMES:
-            delta = now[name] - self._last_counters.get(name, 0.0)
-            if delta:
-                stats.increase_counter(METRIC_PREFIX + name, delta)
-        for name in GAUGE_NAMES:
-            stats.set_gauge(METRIC_PREFIX + name, now[name])
-        self._last_counters = {name: now[name] for name in COUNTER_NAMES}
-        return None if stats.is_empty() else stats
+    @override
+    def take_events(self) -> Iterable[OffloadingEvent]:
+        # Appended by I/O threads; popleft is atomic, so none is lost or taken twice.
+        return [self._events.popleft() for _ in range(len(self._events))]

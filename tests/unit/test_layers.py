@@ -19,7 +19,7 @@ PACKAGE = ROOT / "atom_tier"
 # Top to bottom, as docs/architecture.md draws them. A module's layer is its first path part
 # below atom_tier (a package) or its file name (a top-level module).
 LAYERS: list[tuple[str, set[str]]] = [
-    ("settings", {"__init__", "settings", "names", "log", "versions"}),
+    ("settings", {"__init__", "settings", "choices", "names", "log", "versions"}),
     ("sizing", {"sizing"}),
     ("kernels", {"kernels"}),
     ("tiers", {"tiers"}),

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from atom_tier.settings import (
     AtomTierSettings,
@@ -35,6 +36,11 @@ ATOM_TIER_CASES = [
     ("ATOM_TIER_NVME_PATH", "/mnt/nvme/kv", "nvme_path", Path("/mnt/nvme/kv")),
     ("ATOM_TIER_NVME_GB", "512.5", "nvme_gb", 512.5),
     ("ATOM_TIER_WEIGHTS_ID", "ckpt-2026-12-01", "weights_id", "ckpt-2026-12-01"),
+    ("ATOM_TIER_SHARED_URL", "redis://cache:6379", "shared_url", "redis://cache:6379"),
+    ("ATOM_TIER_SHARED_PREFIX", "team-a", "shared_prefix", "team-a"),
+    ("ATOM_TIER_SHARED_SECRET", "s3cret", "shared_secret", SecretStr("s3cret")),
+    ("ATOM_TIER_SHARED_SECRET_FILE", "/run/secret", "shared_secret_file", Path("/run/secret")),
+    ("ATOM_TIER_SHARED_TIMEOUT_S", "0.25", "shared_timeout_s", 0.25),
     ("ATOM_TIER_CHUNK_TOKENS", "512", "chunk_tokens", 512),
     ("ATOM_TIER_SAVE_DECODE", "yes", "save_decode", True),
     ("ATOM_TIER_CPU_PLATFORM", "on", "cpu_platform", True),
@@ -55,6 +61,7 @@ FALLBACK_CASES = [
     ("AITER_QUICK_REDUCE_QUANTIZATION", "NONE", "quick_reduce", QuickReduce.NONE),
     ("ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "0", "fused_qk_norm_rope", False),
     ("LMCACHE_TRACK_USAGE", "true", "lmcache_telemetry", True),
+    ("LMCACHE_REMOTE_URL", "redis://lmc:6379", "shared_url", "redis://lmc:6379"),
 ]
 
 
@@ -217,3 +224,8 @@ def test_variable_of_names_the_variable_that_was_set(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("ATOM_TIER_CHUNK_TOKENS", raising=False)
     monkeypatch.setenv("LMCACHE_CHUNK_SIZE", "64")
     assert variable_of("chunk_tokens") == "LMCACHE_CHUNK_SIZE"
+
+
+def test_the_shared_secret_is_never_shown() -> None:
+    settings = load_settings({"ATOM_TIER_SHARED_SECRET": "hunter2-abc"})
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())

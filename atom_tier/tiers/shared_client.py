@@ -1,0 +1,153 @@
+"""The shared tier's Valkey/Redis client: redis-py (hiredis parser when installed), one server
+or a cluster, every call pipelined and answered per key.
+
+A call either answers for every key or raises :class:`SharedUnavailable` (connection refused,
+timeout, authentication, cluster down): the store feeds that to its circuit breaker. Per-key
+replies that are errors (an OOM reply from a full server with ``noeviction``) come back in
+place, not raised. Cluster redirections (MOVED, ASK) are followed by redis-py itself.
+Why redis-py: docs/architecture.md, "Shared tier: server and client library".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from atom_tier.tiers.shared_url import SharedTarget
+
+# Errors that mean "the server (or cluster) cannot answer now", as opposed to a reply.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.MaxConnectionsError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.NoPermissionError,
+)
+
+
+class SharedUnavailable(Exception):
+    """The shared tier's server did not answer; ``auth`` when it refused the credentials."""
+
+    def __init__(self, message: str, auth: bool = False) -> None:
+        super().__init__(message)
+        self.auth = auth
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the server says about itself (per node for a cluster: the first node's)."""
+
+    product: str  # "valkey" or "redis"
+    version: str
+    maxmemory: int
+    policy: str
+    nodes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _unavailable(error: Exception) -> SharedUnavailable:
+    auth = isinstance(error, redis.AuthenticationError | redis.exceptions.AuthorizationError)
+    if not auth and isinstance(error, redis.ResponseError):
+        text = str(error)
+        auth = text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "AUTH" in text[:12]
+    return SharedUnavailable(f"{type(error).__name__}: {error}", auth=auth)
+
+
+class SharedClient:
+    """Thread-safe (redis-py's connection pool); calls block up to ``timeout_s`` each."""
+
+    def __init__(self, target: SharedTarget, timeout_s: float, max_connections: int = 16) -> None:
+        self.target = target
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "health_check_interval": 0,
+        }
+        self._client: redis.Redis | RedisCluster
+        if target.cluster:
+            nodes = [
+                ClusterNode(urlsplit(u).hostname, urlsplit(u).port or 6379) for u in target.urls
+            ]
+            self._client = RedisCluster(
+                url=target.urls[0],
+                startup_nodes=nodes,
+                max_connections=max_connections,
+                cluster_error_retry_attempts=1,
+                **options,
+            )
+        else:
+            self._client = redis.Redis.from_url(
+                target.urls[0], max_connections=max_connections, **options
+            )
+
+    def _run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``commands`` in one pipeline; per command its reply or its error reply."""
+        if not commands:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except _UNAVAILABLE as error:
+            raise _unavailable(error) from None
+        except redis.ResponseError as error:  # the whole pipeline refused (AUTH, ...)
+            raise _unavailable(error) from None
+        for reply in replies:
+            if isinstance(reply, _UNAVAILABLE):
+                raise _unavailable(reply)
+            if isinstance(reply, redis.ResponseError) and _unavailable(reply).auth:
+                raise _unavailable(reply)
+        return replies
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except (*_UNAVAILABLE, redis.ResponseError) as error:
+            raise _unavailable(error) from None
+
+    def exists(self, keys: Sequence[str]) -> list[bool]:
+        return [reply == 1 for reply in self._run([("EXISTS", key) for key in keys])]
+
+    def get(self, keys: Sequence[str]) -> list[bytes | Exception | None]:
+        return self._run([("GET", key) for key in keys])
+
+    def set_absent(self, items: Sequence[tuple[str, bytes | bytearray]]) -> list[bool | Exception]:
+        """SET NX each: True stored, False already there, or the error reply (OOM, ...)."""
+        replies = self._run([("SET", key, value, "NX") for key, value in items])
+        return [r if isinstance(r, Exception) else bool(r) for r in replies]
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self._run([("DEL", key) for key in keys])
+
+    def server_facts(self) -> ServerFacts:
+        try:
+            info = self._client.info()
+            nodes = 1
+            if isinstance(self._client, RedisCluster):
+                per_node = info if isinstance(info, dict) else {}
+                nodes = len(per_node)
+                info = next(iter(per_node.values()), {}) if per_node else {}
+        except (*_UNAVAILABLE, redis.ResponseError) as error:
+            raise _unavailable(error) from None
+        product = "valkey" if "valkey_version" in info else "redis"
+        return ServerFacts(
+            product=product,
+            version=str(info.get(f"{product}_version", info.get("redis_version", "?"))),
+            maxmemory=int(info.get("maxmemory", 0)),
+            policy=str(info.get("maxmemory_policy", "?")),
+            nodes=nodes,
+        )
+
+    def close(self) -> None:
+        self._client.close()
