@@ -22,8 +22,14 @@ Unpinned, both servers' OpenMP threads spin on the same cores after every forwar
 each server's TTFT picks up the other's spinning: hundreds of milliseconds of noise on 2
 cores, far larger than what is measured.
 
+``--compare shared`` measures the shared tier's lookup cost instead: both arms run the
+connector with the same DRAM tier, and arm ``on`` adds the shared tier (ATOM_TIER_SHARED_URL,
+a real Valkey/Redis server started by this script, its cap far above the run). No prompt
+repeats, so every lookup of arm ``on`` misses in the shared tier: what it costs is the
+AsyncLookupManager's RETRY round, the pipelined EXISTS and the stores.
+
     .venv/bin/python bench/connector_overhead.py [--model tiny|bench] [--prompts 60]
-        [--tokens 600] [--passes 4] [--layout shared|split]
+        [--tokens 600] [--passes 4] [--layout shared|split] [--compare connector|shared]
 """
 
 from __future__ import annotations
@@ -45,9 +51,20 @@ from three_arms_setup import build_bench_model, machine
 
 from atom_tier.devtools.cpu_server import CpuVllmServer
 from atom_tier.devtools.tiny_model import build_tiny_model
+from atom_tier.devtools.valkey_server import ValkeyServer
 
 CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both"})
 ARMS = ("off", "on")
+BASE_ENV = {"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "1"}
+
+
+def arm_setup(arm: str, shared_url: str | None) -> tuple[list[str], dict[str, str]]:
+    """(server arguments, environment) of an arm. Without ``shared_url``: the connector off
+    vs on. With it: the connector in both, and the shared tier in ``on`` only."""
+    if shared_url is None:
+        return (["--kv-transfer-config", CONNECTOR] if arm == "on" else []), dict(BASE_ENV)
+    env = dict(BASE_ENV, ATOM_TIER_SHARED_URL=shared_url) if arm == "on" else dict(BASE_ENV)
+    return ["--kv-transfer-config", CONNECTOR], env
 
 
 class PinnedServer(CpuVllmServer):
@@ -98,12 +115,13 @@ def run_pass(
     start_order: tuple[str, ...],
     prompts: list[list[int]],
     warmup: int,
+    shared_url: str | None = None,
 ) -> dict[str, list[float]]:
-    env = {"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "1"}
+    setup = {arm: arm_setup(arm, shared_url) for arm in ARMS}
     servers = {
         arm: PinnedServer(
-            model, workdir=work, env=env, cpu=cpus[arm], name=f"{arm}-cpu{cpus[arm]}",
-            args=["--kv-transfer-config", CONNECTOR] if arm == "on" else [],
+            model, workdir=work, env=setup[arm][1], cpu=cpus[arm], name=f"{arm}-cpu{cpus[arm]}",
+            args=setup[arm][0],
         )
         for arm in ARMS
     }  # fmt: skip
@@ -132,13 +150,14 @@ def run_pass_shared(
     prompts: list[list[int]],
     warmup: int,
     settle: float = 0.05,
+    shared_url: str | None = None,
 ) -> dict[str, list[float]]:
     """Both servers on ``cpu``; only the one being timed is running (see the module doc)."""
-    env = {"PYTHONHASHSEED": "0", "ATOM_TIER_DRAM_GB": "1"}
+    setup = {arm: arm_setup(arm, shared_url) for arm in ARMS}
     servers = {
         arm: PinnedServer(
-            model, workdir=work, env=env, cpu=cpu, name=f"{arm}-cpu{cpu}",
-            args=["--kv-transfer-config", CONNECTOR] if arm == "on" else [],
+            model, workdir=work, env=setup[arm][1], cpu=cpu, name=f"{arm}-cpu{cpu}",
+            args=setup[arm][0],
         )
         for arm in ARMS
     }  # fmt: skip
@@ -207,6 +226,12 @@ def main() -> None:
         "(i odd) and the start order (i = 2, 3)",
     )
     parser.add_argument("--layout", choices=("shared", "split"), default="shared")
+    parser.add_argument(
+        "--compare",
+        choices=("connector", "shared"),
+        default="connector",
+        help="connector: no connector vs connector; shared: connector vs connector + shared tier",
+    )
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:
         sys.exit("needs at least 2 CPUs: one for the servers (or one each), one for the client")
@@ -231,17 +256,43 @@ def main() -> None:
         f"{args.warmup} warm-up, alternating order; TTFT to the first streamed token; "
         f"layout {args.layout}"
     )
+    cache: ValkeyServer | None = None
+    shared_url = None
+    if args.compare == "shared":
+        cache = ValkeyServer(work / "valkey", maxmemory=8 << 30, maxmemory_policy="allkeys-lru")
+        cache.start()
+        shared_url = cache.url
+        print("arms: off = connector with a DRAM tier; on = the same + shared tier (Valkey/Redis)")
+    try:
+        run_passes(args, model, work, prompts, shared_url)
+    finally:
+        if cache is not None:
+            cache.close()
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+def run_passes(
+    args: argparse.Namespace,
+    model: Path,
+    work: Path,
+    prompts: list[list[int]],
+    shared_url: str | None,
+) -> None:
     pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
     ratios: list[float] = []
     for index in range(args.passes):
         if args.layout == "shared":
             start_order = ARMS if index % 2 == 0 else ARMS[::-1]
-            times = run_pass_shared(model, work, 1, start_order, prompts, args.warmup)
+            times = run_pass_shared(
+                model, work, 1, start_order, prompts, args.warmup, shared_url=shared_url
+            )
             label = f"pass {index + 1}: both on CPU 1, {start_order[0]} started first"
         else:
             cpus = {"off": index % 2, "on": 1 - index % 2}
             start_order = ARMS if index % 4 < 2 else ARMS[::-1]
-            times = run_pass(model, work, cpus, start_order, prompts, args.warmup)
+            times = run_pass(
+                model, work, cpus, start_order, prompts, args.warmup, shared_url=shared_url
+            )
             label = (
                 f"pass {index + 1}: off on CPU {cpus['off']}, on on CPU {cpus['on']}, "
                 f"{start_order[0]} started first"
@@ -253,7 +304,6 @@ def main() -> None:
         report(f"all {args.passes} passes", pooled)
         spread = ", ".join(f"{100 * (r - 1):+.1f}%" for r in ratios)
         print(f"mean TTFT on/off per pass: {spread} (the pass-to-pass spread is the noise floor)")
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

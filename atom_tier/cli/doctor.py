@@ -16,6 +16,7 @@ from atom_tier import __version__
 from atom_tier.preflight import Finding, Level, build_context, run_preflight, worst_level
 from atom_tier.preflight.context import CheckContext
 from atom_tier.settings import AtomTierSettings
+from atom_tier.tiers.shared_url import redact
 
 MARKS = {Level.OK: "ok", Level.INFO: "info", Level.WARNING: "WARN", Level.ERROR: "ERROR"}
 
@@ -45,6 +46,8 @@ def changed_settings(settings: AtomTierSettings) -> dict[str, Any]:
             changed[name] = getattr(value, "value", value if value is None else str(value))
             if isinstance(value, bool | int | float):
                 changed[name] = value
+    if "shared_url" in changed:  # its password must not reach a terminal or a CI log
+        changed["shared_url"] = redact(str(changed["shared_url"]))
     return changed
 
 

@@ -43,6 +43,10 @@ class SharedUnavailable(Exception):
         self.auth = auth
 
 
+class ServerFull(Exception):
+    """An OOM reply: the server is at maxmemory and its policy (noeviction) refuses writes."""
+
+
 @dataclass(frozen=True)
 class ServerFacts:
     """What the server says about itself (per node for a cluster: the first node's)."""
@@ -123,9 +127,16 @@ class SharedClient:
         return self._run([("GET", key) for key in keys])
 
     def set_absent(self, items: Sequence[tuple[str, bytes | bytearray]]) -> list[bool | Exception]:
-        """SET NX each: True stored, False already there, or the error reply (OOM, ...)."""
+        """SET NX each: True stored, False already there, ServerFull, or another error reply."""
         replies = self._run([("SET", key, value, "NX") for key, value in items])
-        return [r if isinstance(r, Exception) else bool(r) for r in replies]
+        return [
+            ServerFull(str(r))
+            if isinstance(r, redis.exceptions.OutOfMemoryError)
+            else r
+            if isinstance(r, Exception)
+            else bool(r)
+            for r in replies
+        ]
 
     def delete(self, keys: Sequence[str]) -> None:
         self._run([("DEL", key) for key in keys])

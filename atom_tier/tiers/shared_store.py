@@ -27,7 +27,12 @@ from atom_tier.log import get_logger
 from atom_tier.tiers.breaker import BreakerState, CircuitBreaker
 from atom_tier.tiers.chunk_format import ChunkFormatError, CorruptionKind
 from atom_tier.tiers.io_jobs import submit_job
-from atom_tier.tiers.shared_client import ServerFacts, SharedClient, SharedUnavailable
+from atom_tier.tiers.shared_client import (
+    ServerFacts,
+    ServerFull,
+    SharedClient,
+    SharedUnavailable,
+)
 from atom_tier.tiers.shared_url import SharedTarget
 from atom_tier.tiers.shared_value import Signer, UnsignedValueError, open_into, seal
 from atom_tier.tiers.tier_stats import Counters, WriteReport
@@ -249,7 +254,7 @@ class SharedChunkStore:
         for index, reply in zip(todo, replies, strict=True):
             size = items[index][1].nbytes
             if isinstance(reply, Exception):
-                full = str(reply).startswith("OOM")
+                full = isinstance(reply, ServerFull)
                 outcomes[index] = (size, "full" if full else "failed", reply)
             else:  # SET NX lost a race to another replica: the chunk is there either way
                 outcomes[index] = (size, "written" if reply else "present", None)

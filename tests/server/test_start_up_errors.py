@@ -57,6 +57,13 @@ BAD_VALUES = [
         "- [connector-engine] --kv-transfer-config names AtomTierConnector (the native engine) "
         "but ATOM_TIER_CONNECTOR=off",
     ),
+    (
+        "shared-url",
+        {"LMCACHE_REMOTE_URL": "lm://cache:65432"},
+        ATOM_TIER_CONNECTOR_ARGS,
+        "- [shared-url] LMCACHE_REMOTE_URL='lm://cache:65432': scheme 'lm' is not a Valkey/Redis "
+        "server",
+    ),
 ]
 
 
