@@ -11,9 +11,11 @@ stays imported (it caches the arch at import): every test that imports it uses t
 
 from __future__ import annotations
 
+import shutil
 import sys
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +91,27 @@ def fake_rocm_device(
         if name.startswith("_") and not name.startswith("__") and not callable(value):
             monkeypatch.setattr(rocm_aiter_ops, name, value)
     yield MI300X
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Whisper config (an encoder-decoder architecture vLLM 0.32 serves) with the tiny
+    model's tokenizer: enough for vLLM to build a VllmConfig; no weights are read."""
+    from transformers import WhisperConfig
+
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    WhisperConfig(
+        vocab_size=600,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        torch_dtype="bfloat16",
+    ).save_pretrained(str(out))
+    for path in tiny_model_dir.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(path, out / path.name)
+    return out

@@ -10,6 +10,7 @@ vLLM finds valid on an MI300X (its backend modules need ROCm Triton to import).
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +29,16 @@ pytestmark = pytest.mark.usefixtures("fake_rocm_device")
 
 @pytest.fixture
 def rocm_platform(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """AtomTierRocmPlatform as vLLM's current platform for this test."""
+    """AtomTierRocmPlatform as vLLM's current platform for this test, also in the vLLM modules
+    that bound ``current_platform`` at import (vllm/config/model.py does), as in a ROCm process."""
     from atom_tier.platform.rocm import AtomTierRocmPlatform
 
     platform = AtomTierRocmPlatform()
+    previous = vllm.platforms.current_platform
     monkeypatch.setattr(vllm.platforms, "_current_platform", platform)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vllm.") and getattr(module, "current_platform", None) is previous:
+            monkeypatch.setattr(module, "current_platform", platform)
     return platform
 
 
@@ -95,6 +101,23 @@ def test_real_config_eager_overridden_fp8_and_connector(
     stock = build(tiny_model_dir)
     assert cc.cudagraph_capture_sizes == stock.compilation_config.cudagraph_capture_sizes
     assert cc.max_cudagraph_capture_size == stock.compilation_config.max_cudagraph_capture_size
+
+
+def test_vllms_eager_for_encoder_decoder_models_on_rocm_is_kept(
+    rocm_platform: Any, tiny_whisper_dir: Any, tiny_model_dir: Any
+) -> None:
+    """vLLM's ModelConfig._verify_cuda_graph forces eager for Whisper on ROCm (no HIP graphs
+    for encoder-decoder models there): the real config keeps it; a user's eager is still
+    overridden on a decoder-only model."""
+    config = build(tiny_whisper_dir)
+    assert config.model_config.is_encoder_decoder and config.model_config.enforce_eager
+    cc = config.compilation_config
+    assert cc.cudagraph_mode == CUDAGraphMode.NONE and cc.mode == CompilationMode.NONE
+    record = config.additional_config["atom_tier"]["decisions"]
+    graphs = next(row for row in record if row[0] == "cuda_graphs")
+    assert graphs[1] is False and "ModelConfig._verify_cuda_graph" in graphs[2]
+    decoder = build(tiny_model_dir, enforce_eager=True)
+    assert decoder.compilation_config.cudagraph_mode == CUDAGraphMode.FULL_AND_PIECEWISE
 
 
 def test_disabled_behaves_like_vllms_rocm_platform(
