@@ -110,10 +110,16 @@ def _describe_kv_dtype(config: Any, decision: Decision) -> tuple[bool, str]:
 
 
 def _describe_hash_seed(env: ForeignEnv) -> tuple[bool, str]:
+    """vLLM 0.32 seeds prefix hashes with the variable's string (any value Python accepts)."""
+    from atom_tier.preflight.checks_environment import hash_seed_problem
+
     seed = env.pythonhashseed
-    if seed is not None and seed.isdigit():
-        return True, f"PYTHONHASHSEED={seed}: prefix hashes agree across processes"
-    return False, f"PYTHONHASHSEED={seed!r}: prefix hashes differ between processes"
+    if seed is None:
+        return False, "PYTHONHASHSEED unset: vLLM's default seed (random per process for xxhash)"
+    problem = hash_seed_problem(seed)
+    if problem is not None:
+        return False, problem
+    return True, f"PYTHONHASHSEED={seed!r}: vLLM's prefix hashes agree across processes"
 
 
 def _count(number: int, noun: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 from atom_tier.preflight.context import CheckContext, EntryPoint
@@ -41,6 +42,33 @@ def conflicting_platform_plugin(
     return None
 
 
+# Python's own rule for PYTHONHASHSEED: "random" or an integer in [0, 2**32 - 1]; an empty value
+# counts as unset. Any other value makes every interpreter started with it exit at once
+# ("Fatal Python error: config_init_hash_seed"): vLLM's engine core and workers among them.
+PYTHON_HASH_SEED_MAX = 2**32 - 1
+_INTEGER_SEED = re.compile(r"\s*[0-9]+")
+
+
+def hash_seed_problem(seed: str) -> str | None:
+    """Why a set PYTHONHASHSEED breaks hashing, or None when every process can use it.
+
+    vLLM 0.32 uses the value as a literal string seed for its prefix-cache hashes
+    (``resolve_none_hash_seed`` and ``init_none_hash`` in vllm/v1/core/kv_cache_utils.py): any
+    value Python accepts, ``random`` included, gives the same block hashes in every process that
+    has it. Only Python's own ``hash()`` differs per process under ``random`` (or an empty
+    value), which matters to LMCache's ``builtin`` chunk hash alone (the ``lmcache-hash-seed``
+    check).
+    """
+    if seed in ("random", ""):
+        return None
+    if _INTEGER_SEED.fullmatch(seed) and int(seed) <= PYTHON_HASH_SEED_MAX:
+        return None
+    return (
+        f'PYTHONHASHSEED={seed!r} is not "random" or an integer in [0, {PYTHON_HASH_SEED_MAX}]: '
+        "Python refuses to start with it, so vLLM's engine core and workers would exit at once"
+    )
+
+
 @check("hash-seed", area="environment")
 def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
     seed = ctx.env.pythonhashseed
@@ -53,13 +81,17 @@ def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
             "prefixes differently and never hit",
             "export PYTHONHASHSEED=0 in the server's environment (manifest)",
         )
-    elif seed == "random" or not seed.isdigit():
+        return
+    problem = hash_seed_problem(seed)
+    if problem is not None:
+        yield Finding(Level.ERROR, "hash-seed", problem, "export PYTHONHASHSEED=0")
+    elif seed.strip() in ("random", ""):
         yield Finding(
-            Level.ERROR,
+            Level.OK,
             "hash-seed",
-            f"PYTHONHASHSEED={seed!r} is not a fixed integer: every process hashes prefixes "
-            "differently, so cached KV is never found (0% hits)",
-            "export PYTHONHASHSEED=0",
+            f"PYTHONHASHSEED={seed!r}: vLLM seeds its prefix hashes with this string, the same "
+            "in every process that has it; Python's own hash() is randomized (only LMCache's "
+            "builtin chunk hash uses it: see lmcache-hash-seed)",
         )
     else:
         yield Finding(Level.OK, "hash-seed", f"PYTHONHASHSEED={seed}: prefix hashes are stable")
