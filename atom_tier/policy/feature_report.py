@@ -24,6 +24,7 @@ from atom_tier.settings import AtomTierSettings, ForeignEnv
 HEADER = "atom-tier {version} features (platform {platform}):"
 FEATURES = (
     "aiter",
+    "aiter_kernels",
     "cuda_graphs",
     "kv_cache_dtype",
     "prefix_caching",
@@ -70,6 +71,7 @@ def build_feature_report(
     from atom_tier.policy.graphs import describe_graphs
     from atom_tier.policy.kernels import (
         describe_aiter,
+        describe_aiter_kernels,
         describe_fused_qk_norm_rope,
         describe_quick_reduce,
     )
@@ -85,6 +87,7 @@ def build_feature_report(
 
     describers: dict[str, Callable[[], tuple[bool, str]]] = {
         "aiter": lambda: describe_aiter(facts),
+        "aiter_kernels": lambda: describe_aiter_kernels(config, facts),
         "cuda_graphs": lambda: describe_graphs(config, facts, decided("cuda_graphs")),
         "kv_cache_dtype": lambda: _describe_kv_dtype(config, decided("kv_cache_dtype")),
         "prefix_caching": lambda: describe_prefix_caching(config, decided("prefix_caching")),

@@ -183,3 +183,76 @@ def test_attention_selection_picks_aiter_where_vllm_would_pick_rocm_attn(
     assert ours == AttentionBackendEnum.ROCM_AITER_FA.get_path()
     explicit = type(rocm_platform).get_valid_backends(DeviceCapability(9, 4), layer)[0]
     assert min(explicit, key=lambda item: item[1])[0] == AttentionBackendEnum.ROCM_AITER_FA
+
+
+def _blocks_logged_while(action: Any) -> list[str]:
+    """The feature blocks atom-tier logs while ``action()`` runs."""
+    import logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "features (platform" in record.getMessage():
+                records.append(record.getMessage())
+
+    logger = logging.getLogger("vllm.atom_tier")
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        action()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return records
+
+
+@pytest.mark.usefixtures("fake_aiter")
+def test_block_lists_aiter_sub_switches_with_the_variable_that_turns_each_off(
+    rocm_platform: Any, tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vllm._aiter_ops as aiter_ops
+
+    monkeypatch.setenv("VLLM_ROCM_USE_AITER_MOE", "0")
+    aiter_ops.rocm_aiter_ops.refresh_env_variables()
+    [block] = _blocks_logged_while(lambda: build(tiny_model_dir, max_num_seqs=52))
+    line = next(row for row in block.splitlines() if "aiter_kernels" in row)
+    assert line.lstrip().startswith("[on ]")
+    assert "linear on (VLLM_ROCM_USE_AITER_LINEAR=0 turns it off)" in line
+    assert "moe off (VLLM_ROCM_USE_AITER_MOE=0)" in line
+    # vLLM's ROCm IR op priority put AITER's RMSNorm first (graphs are captured here).
+    assert "rmsnorm on (VLLM_ROCM_USE_AITER_RMSNORM=0 turns it off)" in line
+    for variable in ("VLLM_ROCM_USE_AITER_FP8BMM", "VLLM_ROCM_USE_AITER_CUSTOM_AR"):
+        assert f"{variable}=0 turns it off" in line
+
+
+@pytest.mark.usefixtures("fake_aiter")
+def test_shuffled_kv_cache_layout_keeps_the_fused_pass_off(
+    rocm_platform: Any, tiny_model_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vllm._aiter_ops as aiter_ops
+
+    monkeypatch.setenv("VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT", "1")
+    aiter_ops.rocm_aiter_ops.refresh_env_variables()
+    assert rocm_platform.atom_tier_facts().aiter_shuffle_kv_cache
+    config = build(tiny_model_dir, hf_overrides={"head_dim": 128})
+    assert config.compilation_config.pass_config.fuse_qk_norm_rope_kvcache is False
+    assert config.compilation_config.use_inductor_graph_partition is not True
+
+
+def test_doctor_lists_the_aiter_sub_switches_on_a_rocm_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from atom_tier.preflight import build_context, run_preflight
+    from atom_tier.settings import load_settings
+
+    monkeypatch.setenv("VLLM_ROCM_USE_AITER_LINEAR", "0")
+    monkeypatch.setenv("VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT", "1")
+    found = [
+        f for f in run_preflight(build_context(load_settings({}))) if f.code == "aiter-switches"
+    ]
+    [finding] = found
+    assert "linear off (VLLM_ROCM_USE_AITER_LINEAR=0)" in finding.message
+    assert "moe on (VLLM_ROCM_USE_AITER_MOE=0 turns it off)" in finding.message
+    assert "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1 disables the fused" in finding.message
