@@ -256,3 +256,13 @@ def test_doctor_lists_the_aiter_sub_switches_on_a_rocm_torch(
     assert "linear off (VLLM_ROCM_USE_AITER_LINEAR=0)" in finding.message
     assert "moe on (VLLM_ROCM_USE_AITER_MOE=0 turns it off)" in finding.message
     assert "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1 disables the fused" in finding.message
+
+
+def test_fp8_kv_without_checkpoint_scales_says_vllm_uses_one(
+    rocm_platform: Any, tiny_model_dir: Any
+) -> None:
+    """The tiny model has no quantization config: vLLM loads no k/v scales and uses 1.0."""
+    [block] = _blocks_logged_while(lambda: build(tiny_model_dir, max_num_seqs=53))
+    line = next(row for row in block.splitlines() if "kv_cache_dtype" in row)
+    assert line.lstrip().startswith("[on ]") and "fp8" in line
+    assert "no KV scales, so vLLM uses 1.0" in line and "ATOM_TIER_KV_CACHE_DTYPE=auto" in line
