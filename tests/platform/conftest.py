@@ -16,6 +16,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -115,3 +116,33 @@ def tiny_whisper_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         if path.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(path, out / path.name)
     return out
+
+
+@pytest.fixture
+def rocm_platform(monkeypatch: pytest.MonkeyPatch, fake_rocm_device: object) -> Any:
+    """AtomTierRocmPlatform as vLLM's current platform for this test, also in the vLLM modules
+    that bound ``current_platform`` at import (vllm/config/model.py does), as in a ROCm process."""
+    import vllm.platforms
+
+    from atom_tier.platform.rocm import AtomTierRocmPlatform
+
+    platform = AtomTierRocmPlatform()
+    previous = vllm.platforms.current_platform
+    monkeypatch.setattr(vllm.platforms, "_current_platform", platform)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vllm.") and getattr(module, "current_platform", None) is previous:
+            monkeypatch.setattr(module, "current_platform", platform)
+    return platform
+
+
+@pytest.fixture
+def fake_aiter(monkeypatch: pytest.MonkeyPatch, rocm_platform: Any) -> Iterator[None]:
+    """AMD AITER "installed" (a double: only vLLM's availability flag is set) and enabled."""
+    import vllm._aiter_ops as aiter_ops
+
+    monkeypatch.setattr(aiter_ops, "IS_AITER_FOUND", True)
+    # vllm._aiter_ops bound vLLM's platform when first imported; it must see the ROCm one.
+    monkeypatch.setattr(aiter_ops, "current_platform", rocm_platform)
+    monkeypatch.setenv("VLLM_ROCM_USE_AITER", "1")
+    aiter_ops.rocm_aiter_ops.refresh_env_variables()
+    yield

@@ -10,8 +10,6 @@ vLLM finds valid on an MI300X (its backend modules need ROCm Triton to import).
 from __future__ import annotations
 
 import importlib.metadata
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,34 +23,6 @@ from vllm.utils.import_utils import resolve_obj_by_qualname
 from atom_tier.platform.selection import ROCM_PLATFORM
 
 pytestmark = pytest.mark.usefixtures("fake_rocm_device")
-
-
-@pytest.fixture
-def rocm_platform(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """AtomTierRocmPlatform as vLLM's current platform for this test, also in the vLLM modules
-    that bound ``current_platform`` at import (vllm/config/model.py does), as in a ROCm process."""
-    from atom_tier.platform.rocm import AtomTierRocmPlatform
-
-    platform = AtomTierRocmPlatform()
-    previous = vllm.platforms.current_platform
-    monkeypatch.setattr(vllm.platforms, "_current_platform", platform)
-    for name, module in list(sys.modules.items()):
-        if name.startswith("vllm.") and getattr(module, "current_platform", None) is previous:
-            monkeypatch.setattr(module, "current_platform", platform)
-    return platform
-
-
-@pytest.fixture
-def fake_aiter(monkeypatch: pytest.MonkeyPatch, rocm_platform: Any) -> Iterator[None]:
-    """AMD AITER "installed" (a double: only vLLM's availability flag is set) and enabled."""
-    import vllm._aiter_ops as aiter_ops
-
-    monkeypatch.setattr(aiter_ops, "IS_AITER_FOUND", True)
-    # vllm._aiter_ops bound vLLM's platform when first imported; it must see the ROCm one.
-    monkeypatch.setattr(aiter_ops, "current_platform", rocm_platform)
-    monkeypatch.setenv("VLLM_ROCM_USE_AITER", "1")
-    aiter_ops.rocm_aiter_ops.refresh_env_variables()
-    yield
 
 
 def build(model_dir: Any, **engine_args: Any) -> Any:
