@@ -23,6 +23,18 @@
     conflict with the image's, so the Dockerfile installs each on its own and reports the ones
     it must skip. Everything else (anything unknown too) is required: its install must succeed.
 
+``build-requirements LMCACHE_BUILD_TXT --out FILE``
+    LMCache's build requirements (``requirements/build.txt``) without torch and its companions,
+    installed into the builder stage so that ``pip wheel --no-build-isolation`` compiles against
+    the image's ROCm torch. (``pip install --target`` would ignore the installed torch and fetch
+    PyPI's CUDA build to satisfy LMCache's torch pin, shadowing the ROCm one during the build.)
+
+``provided --out FILE`` / ``provided --verify FILE``
+    The first writes ``name==version`` for torch, triton and their companions as the image has
+    them (a constraints file: pip then fails rather than replace them with PyPI's); the second
+    exits 1 when any of them now differs from that file, or one was added: run after every
+    install so the image never carries a PyPI torch or triton.
+
 Runs with the image's Python (no atom-tier needed for ``constraints``, which is built before
 atom-tier is copied in, so that layer stays cached).
 """
@@ -163,6 +175,35 @@ def lmcache_hip_requirements(requirements_dir: Path) -> list[str]:
     return lines
 
 
+def build_requirements(build_txt: Path) -> list[str]:
+    """LMCache's build requirements minus what the image provides (torch, triton, ...)."""
+    kept = []
+    for line in read_requirement_lines(build_txt):
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as exc:
+            raise ValueError(f"not a requirement: {line!r} ({exc})") from None
+        if normalize(req.name) not in PROVIDED_BY_IMAGE:
+            kept.append(line)
+    return kept
+
+
+def provided_pins(installed: dict[str, str]) -> list[str]:
+    return [f"{name}=={installed[name]}" for name in PROVIDED_BY_IMAGE if name in installed]
+
+
+def provided_changes(pins: Sequence[str], installed: dict[str, str]) -> list[str]:
+    """How torch/triton and companions differ now from the pins written before (empty: same)."""
+    before = dict(line.split("==", 1) for line in pins if line)
+    now = {name: installed[name] for name in PROVIDED_BY_IMAGE if name in installed}
+    changes = []
+    for name in sorted(set(before) | set(now)):
+        if before.get(name) != now.get(name):
+            was, became = before.get(name, "absent"), now.get(name, "absent")
+            changes.append(f"{name}: the image had {was}, now {became}")
+    return changes
+
+
 def _write(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
@@ -176,8 +217,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     reqs.add_argument("requirements_dir", type=Path, help="LMCache's requirements/ folder")
     reqs.add_argument("--out", type=Path, required=True, help="required ones")
     reqs.add_argument("--optional-out", type=Path, required=True, help="optional ones")
+    build = sub.add_parser("build-requirements", help="LMCache's build tools, without torch")
+    build.add_argument("build_txt", type=Path, help="LMCache's requirements/build.txt")
+    build.add_argument("--out", type=Path, required=True)
+    provided = sub.add_parser("provided", help="pin, or verify, the image's torch and triton")
+    mode = provided.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", type=Path)
+    mode.add_argument("--verify", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "build-requirements":
+        try:
+            lines = build_requirements(args.build_txt)
+        except (OSError, ValueError) as exc:
+            print(f"lmcache build requirements: {exc}", file=sys.stderr)
+            return 2
+        _write(args.out, lines)
+        print(f"lmcache build requirements: {len(lines)} -> {args.out} (torch family left out)")
+        return 0
+    if args.command == "provided":
+        if args.out is not None:
+            _write(args.out, provided_pins(installed_versions()))
+            return 0
+        changes = provided_changes(args.verify.read_text().splitlines(), installed_versions())
+        for change in changes:
+            print(f"provided packages changed: {change}", file=sys.stderr)
+        return 1 if changes else 0
     if args.command == "constraints":
         lines = constraint_lines(installed_versions())
         _write(args.out, lines)

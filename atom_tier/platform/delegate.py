@@ -95,9 +95,17 @@ def check_and_report(
         return None
     if held is not vllm_config:
         decisions = recorded_decisions(vllm_config) or []
+    from atom_tier.platform.kv_scales import model_kv_scales
+
     findings = run_preflight(build_context(settings, vllm_config=vllm_config))
     statuses = build_feature_report(
-        settings, vllm_config, facts, decisions or [], findings, load_foreign_env()
+        settings,
+        vllm_config,
+        facts,
+        decisions or [],
+        findings,
+        load_foreign_env(),
+        kv_scales=model_kv_scales(vllm_config),
     )
     log_block(logger, statuses, facts)
     raise_on_errors(findings)

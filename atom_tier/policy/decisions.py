@@ -33,6 +33,9 @@ class PlatformFacts:
     graph_partition: bool = False  # torch can do Inductor graph partition (torch >= 2.9)
     breakable_cudagraph: bool = False  # vLLM's breakable CUDA graph is on (mode stays NONE)
     connector_registered: bool = False  # AtomTierConnector is in vLLM's connector factory
+    # vLLM's AITER sub-switch variables as it resolved them: ((variable, on), ...)
+    aiter_switches: tuple[tuple[str, bool], ...] = ()
+    aiter_shuffle_kv_cache: bool = False  # VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1
 
 
 @dataclass(frozen=True)

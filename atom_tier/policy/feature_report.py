@@ -24,6 +24,7 @@ from atom_tier.settings import AtomTierSettings, ForeignEnv
 HEADER = "atom-tier {version} features (platform {platform}):"
 FEATURES = (
     "aiter",
+    "aiter_kernels",
     "cuda_graphs",
     "kv_cache_dtype",
     "prefix_caching",
@@ -60,8 +61,14 @@ def build_feature_report(
     decisions: Sequence[Decision],
     findings: Sequence[Finding],
     env: ForeignEnv,
+    *,
+    kv_scales: bool | None = None,
 ) -> list[FeatureStatus]:
-    """One status per feature in FEATURES, from the final config and the decisions made."""
+    """One status per feature in FEATURES, from the final config and the decisions made.
+
+    ``kv_scales``: whether the checkpoint gives vLLM KV-cache scales (None: unknown), from
+    :func:`atom_tier.platform.kv_scales.model_kv_scales`.
+    """
     from atom_tier.policy.cache import (
         describe_async_scheduling,
         describe_connector,
@@ -70,6 +77,7 @@ def build_feature_report(
     from atom_tier.policy.graphs import describe_graphs
     from atom_tier.policy.kernels import (
         describe_aiter,
+        describe_aiter_kernels,
         describe_fused_qk_norm_rope,
         describe_quick_reduce,
     )
@@ -85,8 +93,9 @@ def build_feature_report(
 
     describers: dict[str, Callable[[], tuple[bool, str]]] = {
         "aiter": lambda: describe_aiter(facts),
+        "aiter_kernels": lambda: describe_aiter_kernels(config, facts),
         "cuda_graphs": lambda: describe_graphs(config, facts, decided("cuda_graphs")),
-        "kv_cache_dtype": lambda: _describe_kv_dtype(config, decided("kv_cache_dtype")),
+        "kv_cache_dtype": lambda: _describe_kv_dtype(config, decided("kv_cache_dtype"), kv_scales),
         "prefix_caching": lambda: describe_prefix_caching(config, decided("prefix_caching")),
         "async_scheduling": lambda: describe_async_scheduling(config, facts),
         "aiter_attention": lambda: as_decided("aiter_attention"),
@@ -101,19 +110,40 @@ def build_feature_report(
     return [FeatureStatus(name, *describers[name]()) for name in FEATURES]
 
 
-def _describe_kv_dtype(config: Any, decision: Decision) -> tuple[bool, str]:
+# What vLLM does without scales: vllm/model_executor/layers/quantization/kv_cache.py,
+# BaseKVCacheMethod.process_weights_after_loading.
+NO_KV_SCALES = (
+    "; the checkpoint has no KV scales, so vLLM uses 1.0 for every layer: "
+    "calibrate scales into the checkpoint (e.g. llm-compressor's kv_cache_scheme) or opt out "
+    "with ATOM_TIER_KV_CACHE_DTYPE=auto"
+)
+UNKNOWN_KV_SCALES = "; KV scales not checked (checkpoint not local): without them vLLM uses 1.0"
+
+
+def _describe_kv_dtype(config: Any, decision: Decision, kv_scales: bool | None) -> tuple[bool, str]:
     dtype = str(config.cache_config.cache_dtype)
     active = dtype.startswith("fp8")
+    scales = ""
+    if active and kv_scales is False:
+        scales = NO_KV_SCALES
+    elif active and kv_scales is None:
+        scales = UNKNOWN_KV_SCALES
     if active == decision.active:
-        return active, f"{dtype}: {decision.reason}"
-    return active, f"{dtype}: changed by vLLM after atom-tier's defaults"
+        return active, f"{dtype}: {decision.reason}{scales}"
+    return active, f"{dtype}: changed by vLLM after atom-tier's defaults{scales}"
 
 
 def _describe_hash_seed(env: ForeignEnv) -> tuple[bool, str]:
+    """vLLM 0.32 seeds prefix hashes with the variable's string (any value Python accepts)."""
+    from atom_tier.preflight.checks_environment import hash_seed_problem
+
     seed = env.pythonhashseed
-    if seed is not None and seed.isdigit():
-        return True, f"PYTHONHASHSEED={seed}: prefix hashes agree across processes"
-    return False, f"PYTHONHASHSEED={seed!r}: prefix hashes differ between processes"
+    if seed is None:
+        return False, "PYTHONHASHSEED unset: vLLM's default seed (random per process for xxhash)"
+    problem = hash_seed_problem(seed)
+    if problem is not None:
+        return False, problem
+    return True, f"PYTHONHASHSEED={seed!r}: vLLM's prefix hashes agree across processes"
 
 
 def _count(number: int, noun: str) -> str:

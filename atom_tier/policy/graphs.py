@@ -27,6 +27,9 @@ Choices made here (and why):
   is turned back on.
 - Downgrades vLLM makes later for correctness (pooling and encoder-decoder models, prefill
   context parallelism, connectors that need PIECEWISE) are not fought; they are reported.
+- Eager that vLLM itself forces for a reason is kept: on ROCm ``ModelConfig._verify_cuda_graph``
+  (vllm/config/model.py) sets ``enforce_eager`` for every encoder-decoder model because HIP graph
+  capture is unsupported for them there. Only eager from the user or a default is replaced.
 """
 
 from __future__ import annotations
@@ -58,12 +61,31 @@ def _eager(config: Any) -> bool:
     return bool(model is not None and model.enforce_eager)
 
 
+def vllm_forced_eager(config: Any, facts: PlatformFacts) -> str | None:
+    """Why vLLM itself forced eager for this config, or None when it did not.
+
+    vLLM 0.32 forces it in one place before the platform hooks run:
+    ``ModelConfig._verify_cuda_graph`` (vllm/config/model.py), for encoder-decoder models on ROCm.
+    """
+    model = config.model_config
+    if facts.name == "rocm" and model is not None and model.is_encoder_decoder:
+        return (
+            "vLLM forces eager for encoder-decoder models on ROCm, where their graphs are "
+            "unsupported (vllm/config/model.py ModelConfig._verify_cuda_graph); kept"
+        )
+    return None
+
+
 def decide_cuda_graphs(settings: AtomTierSettings, config: Any, facts: PlatformFacts) -> Decision:
-    """FULL_AND_PIECEWISE unless the platform has no graphs or the escape hatch is set."""
+    """FULL_AND_PIECEWISE unless the platform has no graphs, vLLM forced eager for a reason,
+    or the escape hatch is set."""
     if not facts.static_graphs:
         return Decision(FEATURE, False, f"the {facts.name} platform has no static graphs")
     cc = config.compilation_config
     eager = _eager(config)
+    forced = vllm_forced_eager(config, facts)
+    if forced is not None and (eager or cc.cudagraph_mode == CUDAGraphMode.NONE):
+        return Decision(FEATURE, False, forced)
     mode: CUDAGraphMode | None = cc.cudagraph_mode
     if settings.allow_eager and (eager or mode == CUDAGraphMode.NONE):
         asked = "--enforce-eager" if eager else "cudagraph_mode=NONE"

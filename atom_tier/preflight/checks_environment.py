@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from atom_tier.preflight.context import CheckContext, EntryPoint
 from atom_tier.preflight.findings import Finding, Level, check
@@ -15,6 +17,58 @@ PYPI_AITER_DISTRIBUTION = "aiter"
 OWN_DISTRIBUTION = "atom-tier"
 # ATOM (ROCm/ATOM) registers `atom = "atom.plugin.vllm.register:register_platform"`.
 ATOM_TOP_LEVEL_MODULE = "atom"
+
+
+@dataclass(frozen=True)
+class AiterSwitch:
+    """One of vLLM's AITER sub-switches: on by default once ``VLLM_ROCM_USE_AITER=1``."""
+
+    name: str
+    variable: str  # =0 turns it off (vllm/envs.py; default "True")
+    what: str
+
+
+# Read by vLLM 0.32 through ``rocm_aiter_ops`` (vllm/_aiter_ops.py: is_linear_enabled,
+# is_fused_moe_enabled, is_fp8bmm_enabled, is_custom_all_reduce_enabled, is_mha_enabled,
+# is_mla_enabled) and, for RMSNorm, ``RocmPlatform.get_default_ir_op_priority``
+# (vllm/platforms/rocm.py: only while graphs are captured). Each defaults to on.
+AITER_SWITCHES = (
+    AiterSwitch("linear", "VLLM_ROCM_USE_AITER_LINEAR", "linear layers (GEMM)"),
+    AiterSwitch("moe", "VLLM_ROCM_USE_AITER_MOE", "fused MoE"),
+    AiterSwitch("rmsnorm", "VLLM_ROCM_USE_AITER_RMSNORM", "RMSNorm (with graphs only)"),
+    AiterSwitch("fp8_bmm", "VLLM_ROCM_USE_AITER_FP8BMM", "FP8 batched matmul (MLA)"),
+    AiterSwitch("custom_all_reduce", "VLLM_ROCM_USE_AITER_CUSTOM_AR", "custom all-reduce"),
+    AiterSwitch("mha", "VLLM_ROCM_USE_AITER_MHA", "attention (ROCM_AITER_FA)"),
+    AiterSwitch("mla", "VLLM_ROCM_USE_AITER_MLA", "MLA attention"),
+)
+SHUFFLE_KV_VARIABLE = "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT"
+
+
+def aiter_switch_states() -> dict[str, bool] | None:
+    """Each sub-switch's variable as vLLM resolves it (``vllm.envs``); None without vLLM."""
+    try:
+        import vllm.envs as vllm_envs
+    except ImportError:
+        return None
+    return {s.variable: bool(getattr(vllm_envs, s.variable)) for s in AITER_SWITCHES} | {
+        SHUFFLE_KV_VARIABLE: bool(getattr(vllm_envs, SHUFFLE_KV_VARIABLE))
+    }
+
+
+def describe_aiter_switches(
+    states: Mapping[str, bool], overrides: Mapping[str, str] | None = None
+) -> str:
+    """``linear on (VLLM_ROCM_USE_AITER_LINEAR=0 turns it off), ...`` for the block and doctor;
+    ``overrides`` replaces a switch's text by name."""
+    parts = []
+    for switch in AITER_SWITCHES:
+        if overrides and switch.name in overrides:
+            parts.append(f"{switch.name} {overrides[switch.name]}")
+        elif states.get(switch.variable, True):
+            parts.append(f"{switch.name} on ({switch.variable}=0 turns it off)")
+        else:
+            parts.append(f"{switch.name} off ({switch.variable}=0)")
+    return ", ".join(parts)
 
 
 def _plugin_module(entry_point: EntryPoint) -> str:
@@ -41,6 +95,33 @@ def conflicting_platform_plugin(
     return None
 
 
+# Python's own rule for PYTHONHASHSEED: "random" or an integer in [0, 2**32 - 1]; an empty value
+# counts as unset. Any other value makes every interpreter started with it exit at once
+# ("Fatal Python error: config_init_hash_seed"): vLLM's engine core and workers among them.
+PYTHON_HASH_SEED_MAX = 2**32 - 1
+_INTEGER_SEED = re.compile(r"\s*[0-9]+")
+
+
+def hash_seed_problem(seed: str) -> str | None:
+    """Why a set PYTHONHASHSEED breaks hashing, or None when every process can use it.
+
+    vLLM 0.32 uses the value as a literal string seed for its prefix-cache hashes
+    (``resolve_none_hash_seed`` and ``init_none_hash`` in vllm/v1/core/kv_cache_utils.py): any
+    value Python accepts, ``random`` included, gives the same block hashes in every process that
+    has it. Only Python's own ``hash()`` differs per process under ``random`` (or an empty
+    value), which matters to LMCache's ``builtin`` chunk hash alone (the ``lmcache-hash-seed``
+    check).
+    """
+    if seed in ("random", ""):
+        return None
+    if _INTEGER_SEED.fullmatch(seed) and int(seed) <= PYTHON_HASH_SEED_MAX:
+        return None
+    return (
+        f'PYTHONHASHSEED={seed!r} is not "random" or an integer in [0, {PYTHON_HASH_SEED_MAX}]: '
+        "Python refuses to start with it, so vLLM's engine core and workers would exit at once"
+    )
+
+
 @check("hash-seed", area="environment")
 def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
     seed = ctx.env.pythonhashseed
@@ -53,13 +134,17 @@ def check_hash_seed(ctx: CheckContext) -> Iterator[Finding]:
             "prefixes differently and never hit",
             "export PYTHONHASHSEED=0 in the server's environment (manifest)",
         )
-    elif seed == "random" or not seed.isdigit():
+        return
+    problem = hash_seed_problem(seed)
+    if problem is not None:
+        yield Finding(Level.ERROR, "hash-seed", problem, "export PYTHONHASHSEED=0")
+    elif seed.strip() in ("random", ""):
         yield Finding(
-            Level.ERROR,
+            Level.OK,
             "hash-seed",
-            f"PYTHONHASHSEED={seed!r} is not a fixed integer: every process hashes prefixes "
-            "differently, so cached KV is never found (0% hits)",
-            "export PYTHONHASHSEED=0",
+            f"PYTHONHASHSEED={seed!r}: vLLM seeds its prefix hashes with this string, the same "
+            "in every process that has it; Python's own hash() is randomized (only LMCache's "
+            "builtin chunk hash uses it: see lmcache-hash-seed)",
         )
     else:
         yield Finding(Level.OK, "hash-seed", f"PYTHONHASHSEED={seed}: prefix hashes are stable")
@@ -139,6 +224,29 @@ def check_aiter(ctx: CheckContext) -> Iterator[Finding]:
         )
     else:
         yield Finding(Level.INFO, "aiter", "AMD AITER is not installed (needed on ROCm only)")
+
+
+@check("aiter-switches", area="environment")
+def check_aiter_switches(ctx: CheckContext) -> Iterator[Finding]:
+    if ctx.facts.torch.kind != "rocm":
+        return
+    states = aiter_switch_states()
+    if states is None:
+        return
+    shuffle = ""
+    if states[SHUFFLE_KV_VARIABLE]:
+        shuffle = (
+            f"; {SHUFFLE_KV_VARIABLE}=1 disables the fused QK-norm/RoPE/KV-cache pass for "
+            "ROCM_AITER_FA layers (rocm_aiter_fa.py fused_qk_norm_rope_kvcache_supported)"
+        )
+    yield Finding(
+        Level.INFO,
+        "aiter-switches",
+        "with VLLM_ROCM_USE_AITER=1 (atom-tier sets it unless set) vLLM also uses AITER for: "
+        + describe_aiter_switches(states)
+        + shuffle,
+        "set a sub-switch's variable to 0 to keep vLLM's own kernel for that part only",
+    )
 
 
 @check("other-platform-plugins", area="environment")

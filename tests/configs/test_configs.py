@@ -79,7 +79,14 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def test_every_recipe_folder_has_yaml_and_env_files() -> None:
-    assert {p.parent.name for p in YAMLS} == {"minimax-m2.5-fp8-tp2-mi300x", "tiny-cpu"}
+    assert {p.parent.name for p in YAMLS} == {
+        "minimax-m2.5-fp8-tp2-mi300x",
+        "tiny-cpu",
+        "llama-3.3-70b-tp2-mi300x",
+        "qwen3-32b-tp1-mi300x",
+        "deepseek-r1-fp8-tp8-mi300x",
+        "gpt-oss-120b-tp1-mi300x",
+    }
     assert {p.parent for p in ENV_FILES} == {p.parent for p in YAMLS}
 
 
@@ -154,6 +161,14 @@ def _settings(path: Path) -> AtomTierSettings:
 SETUPS = {
     MINIMAX: ("hbm-only.env", "dram-64gb.env", "dram-64gb-nvme.env"),
     TINY: ("hbm-only.env", "dram.env", "dram-nvme.env"),
+    CONFIGS / "llama-3.3-70b-tp2-mi300x": ("hbm-only.env", "dram-64gb.env", "dram-64gb-nvme.env"),
+    CONFIGS / "qwen3-32b-tp1-mi300x": ("hbm-only.env", "dram-64gb.env", "dram-64gb-nvme.env"),
+    CONFIGS / "deepseek-r1-fp8-tp8-mi300x": (
+        "hbm-only.env",
+        "dram-256gb.env",
+        "dram-256gb-nvme.env",
+    ),
+    CONFIGS / "gpt-oss-120b-tp1-mi300x": ("hbm-only.env", "dram-64gb.env", "dram-64gb-nvme.env"),
 }
 
 

@@ -10,6 +10,7 @@ the LMCache tests' helper with gcc.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,13 @@ DOCKER = REPO / "docker"
 DOCKERFILE = DOCKER / "Dockerfile.rocm"
 RUNNER = DOCKER / "run-rocm-tests.sh"
 LMCACHE_VERSION = "0.5.6"
+# Tag formats the ROCm vLLM images are published under on Docker Hub, for vLLM 0.32.x: vLLM's
+# release images (vllm/vllm-openai-rocm:v0.27.1, ...) and AMD's, which carry a build date
+# (rocm/vllm:rocm7.0.0_vllm_0.11.2_20251210, ...).
+PUBLISHED_TAG_FORMATS = (
+    re.compile(r"vllm/vllm-openai-rocm:v0\.32\.\d+"),
+    re.compile(r"rocm/vllm:rocm\d+\.\d+\.\d+_vllm_0\.32\.\d+_20\d{6}"),
+)
 
 
 def _module(path: Path, name: str) -> ModuleType:
@@ -92,10 +100,11 @@ def test_base_image_is_a_build_argument_defaulting_to_a_vllm_032_rocm_image(
     arguments, stages = dockerfile
     base = arguments.get("BASE_IMAGE")
     assert base, "ARG BASE_IMAGE=<default> must come before the first FROM"
-    assert base.startswith("rocm/vllm:") or base.startswith("vllm/vllm-openai-rocm:")
-    assert re.search(r"vllm[_-]v?0\.32(\.\d+)?\b", base), base
+    assert any(tag.fullmatch(base) for tag in PUBLISHED_TAG_FORMATS), base
     assert stages and all(s.base == "${BASE_IMAGE}" for s in stages)
-    assert "CHECK THIS TAG AGAINST DOCKER HUB" in DOCKERFILE.read_text()
+    text = DOCKERFILE.read_text()
+    assert "--build-arg BASE_IMAGE=" in text  # how an operator picks theirs
+    assert "rocm<ROCm version>_vllm_<vLLM version>_<YYYYMMDD>" in text
 
 
 def test_lmcache_is_built_from_the_checked_sdist_for_hip_without_isolation_or_deps(
@@ -138,16 +147,22 @@ def test_no_cuda_only_package_and_never_the_pypi_lmcache_wheel_is_installed(
                 assert normalize(Requirement(target).name) != "lmcache", (
                     "pip install lmcache fetches the CUDA wheel, even with BUILD_WITH_HIP=1"
                 )
-        # Requirement files: LMCache's build tools (kept out of the image's site-packages) or
-        # the lists the filter script writes.
+        # --target ignores installed packages: a torch requirement would fetch PyPI's CUDA torch.
+        assert not command.options.get("--target"), command
+        # Requirement files: only the lists the filter script writes, each installed with the
+        # image's versions as constraints.
         for requirements in command.options.get("-r", []):
-            if requirements.endswith("/requirements/build.txt"):
-                assert command.options.get("--target"), "build tools must not go in the image"
-            else:
-                assert requirements in ("/opt/lmcache-required.txt",), requirements
+            assert requirements in BUILT_LISTS, requirements
+            assert command.options.get("-c") == [BUILT_LISTS[requirements]], command
     final_runs = " ".join(stages[-1].runs())
     assert "lmcache_rocm_requirements.py requirements" in final_runs
     assert "--out /opt/lmcache-required.txt --optional-out /opt/lmcache-optional.txt" in final_runs
+
+
+BUILT_LISTS = {
+    "/opt/lmcache-build-required.txt": "/opt/lmcache-build-constraints.txt",
+    "/opt/lmcache-required.txt": "/opt/image-constraints.txt",
+}
 
 
 def test_image_gets_aiofile_atom_tier_and_the_final_check(
@@ -213,7 +228,7 @@ def test_lmcache_requirements_drop_cuda_torch_and_installed_keep_the_rest(tmp_pa
     folder.mkdir()
     (folder / "common.txt").write_text(
         "# comment\naiofile\ncufile-python\nnvtx\nnumpy<=1.0  # old pin\ntorch>=2.5.1\n"
-        "made-up-required-dist>=1.2\nawscrt\nredis\n"
+        "made-up-required-dist>=1.2\nawscrt\ngoogle-cloud-bigtable\n"
         "made-up-linux-only; sys_platform == 'win32'\n"
     )
     (folder / "rocm_core.txt").write_text("cupy-rocm-7-0\ncupy-cuda13x\ncuda-python>=13,<14\n")
@@ -223,7 +238,7 @@ def test_lmcache_requirements_drop_cuda_torch_and_installed_keep_the_rest(tmp_pa
     )
     assert code == 0
     assert out.read_text().splitlines() == ["made-up-required-dist>=1.2"]
-    assert optional.read_text().splitlines() == ["awscrt", "redis", "cupy-rocm-7-0"]
+    assert optional.read_text().splitlines() == ["awscrt", "google-cloud-bigtable", "cupy-rocm-7-0"]
 
 
 def test_lmcache_requirements_report_a_version_the_image_cannot_meet(
@@ -266,3 +281,126 @@ def test_image_check_accepts_a_hip_lmcache_and_rejects_cuda_leftovers(tmp_path: 
         not verdicts["no-cuda-packages"].ok
         and "cupy-cuda13x" in verdicts["no-cuda-packages"].detail
     )
+
+
+# -- the builder's pip steps, executed in a dry run against a local index -------------------------
+# LMCache's requirements/build.txt as its repository has it: build tools and a torch pin.
+LMCACHE_BUILD_TXT = (
+    "# Should be mirrored in pyproject.toml\nninja\npackaging>=24.2\nsetuptools>=77.0.3,<81.0.0\n"
+    "setuptools_scm>=8\ntorch==2.8.0\nwheel\n"
+)
+
+
+def _stand_in_wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal, installable wheel of ``name`` (a stand-in for the index's real one)."""
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}"
+    with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\n"
+                       f"Version: {version}\n")  # fmt: skip
+        wheel.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+                       "Tag: py3-none-any\n")  # fmt: skip
+        wheel.writestr(f"{dist}.dist-info/RECORD", "")
+
+
+def _builder_install(stages: list[Stage]) -> PipCommand:
+    [builder] = [s for s in stages if any("BUILD_WITH_HIP=1" in run for run in s.runs())]
+    installs = [c for run in builder.runs() for c in pip_commands(run) if c.subcommand == "install"]
+    [install] = installs
+    return install
+
+
+def test_builder_pip_step_dry_run_never_installs_torch(
+    dockerfile: tuple[dict[str, str | None], list[Stage]], tmp_path: Path
+) -> None:
+    """The builder's `pip install`, with the Dockerfile's own options, resolved by pip in a dry
+    run against a local index that offers torch 2.8.0 (as PyPI's CUDA build would be): the
+    report installs LMCache's build tools and never torch. The same requirements installed as
+    before (`--target`, the raw build.txt) would have pulled that torch in."""
+    install = _builder_install(dockerfile[1])
+    assert install.options.get("-c") == ["/opt/lmcache-build-constraints.txt"]
+    assert install.options.get("-r") == ["/opt/lmcache-build-required.txt"]
+    index = tmp_path / "index"
+    index.mkdir()
+    for name, version in [
+        ("ninja", "1.13.0"),
+        ("packaging", "25.0"),
+        ("setuptools", "80.9.0"),
+        ("setuptools-scm", "9.2.0"),
+        ("torch", "2.8.0"),
+        ("wheel", "0.45.1"),
+    ]:
+        _stand_in_wheel(index, name, version)  # fmt: skip
+    build_txt = tmp_path / "build.txt"
+    build_txt.write_text(LMCACHE_BUILD_TXT)
+    required, constraints = tmp_path / "required.txt", tmp_path / "constraints.txt"
+    assert (
+        requirements_tool.main(["build-requirements", str(build_txt), "--out", str(required)]) == 0
+    )
+    assert requirements_tool.main(["provided", "--out", str(constraints)]) == 0
+    import torch
+
+    assert f"torch=={torch.__version__}" in constraints.read_text().splitlines()
+
+    def dry_run(*args: str) -> set[str]:
+        report = tmp_path / "report.json"
+        command = [
+            *(sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"),
+            *("--no-index", "--find-links", str(index), "--report", str(report), *args),
+        ]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+        return {item["metadata"]["name"] for item in json.loads(report.read_text())["install"]}
+
+    planned = dry_run("-c", str(constraints), "-r", str(required))
+    assert "torch" not in planned and {"ninja", "setuptools", "wheel"} <= planned
+    # What the old step asked pip for: LMCache's build.txt as is.
+    assert "torch" in dry_run("-r", str(build_txt))
+
+
+def test_provided_verify_catches_a_replaced_torch(tmp_path: Path) -> None:
+    installed = requirements_tool.installed_versions()
+    pins = requirements_tool.provided_pins(installed)
+    assert requirements_tool.provided_changes(pins, installed) == []
+    without_triton = {k: v for k, v in installed.items() if k != "triton"}
+    pins = requirements_tool.provided_pins(without_triton)
+    replaced = {**without_triton, "torch": "2.8.0", "triton": "3.4.0"}
+    changes = requirements_tool.provided_changes(pins, replaced)
+    assert f"torch: the image had {installed['torch']}, now 2.8.0" in changes
+    assert "triton: the image had absent, now 3.4.0" in changes
+
+
+hip_wheel_tool = _module(DOCKER / "check_hip_wheel.py", "check_hip_wheel")
+
+
+@pytest.mark.parametrize(("runtimes", "ok"), [(["amdhip64", "c10_hip"], True),
+                                              (["cudart", "c10_cuda"], False)])  # fmt: skip
+def test_built_wheel_must_link_hip(tmp_path: Path, runtimes: list[str], ok: bool) -> None:
+    """Stand-in LMCache builds (gcc, linking fake runtime libraries): no hipcc here."""
+    import zipfile
+
+    helpers = _module(REPO / "tests" / "lmcache" / "lmcache_helpers.py", "lmcache_helpers_wheel")
+    site = tmp_path / "site"
+    extension = helpers.make_fake_build(site, runtimes)
+    wheel = tmp_path / f"lmcache-{LMCACHE_VERSION}-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(extension, f"lmcache/{extension.name}")
+    assert (hip_wheel_tool.main([str(wheel)]) == 0) is ok
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("lmcache/__init__.py", "")
+    assert hip_wheel_tool.main([str(empty)]) == 1
+
+
+def test_builder_checks_the_wheel_and_keeps_torch(
+    dockerfile: tuple[dict[str, str | None], list[Stage]],
+) -> None:
+    _, stages = dockerfile
+    [builder] = [s for s in stages if any("BUILD_WITH_HIP=1" in run for run in s.runs())]
+    runs = " ".join(builder.runs())
+    assert runs.index("pip wheel") < runs.index("check_hip_wheel.py /wheels/lmcache-*.whl")
+    assert "provided --verify /opt/lmcache-build-constraints.txt" in runs
+    final = " ".join(stages[-1].runs())
+    assert final.index("provided --verify /opt/image-provided.txt") > final.index("lmcache-wheels")
+    for source in ("docker/check_hip_wheel.py", "atom_tier/lmcache/elf.py"):
+        assert any(source in c.arguments for c in builder.of("COPY")), source

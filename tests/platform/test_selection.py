@@ -15,13 +15,16 @@ from atom_tier.platform.selection import (
 )
 from atom_tier.preflight.context import EntryPoint
 from atom_tier.settings import load_foreign_env, load_settings
+from tests.platform.conftest import FakeAmdsmiFactory
 
 OWN = EntryPoint("atom_tier", "atom_tier.plugin:register_platform", "atom-tier")
 ATOM = EntryPoint("atom", "atom.plugin.vllm.register:register_platform", "atom")
 
 
-def select(env: dict[str, str], torch_kind: str, plugins=(OWN,)):  # type: ignore[no-untyped-def]
-    return select_platform(load_settings(env), load_foreign_env(env), torch_kind, list(plugins))
+def select(env: dict[str, str], torch_kind: str, plugins=(OWN,), rocm_gpu=True):  # type: ignore[no-untyped-def]
+    return select_platform(
+        load_settings(env), load_foreign_env(env), torch_kind, list(plugins), rocm_gpu=rocm_gpu
+    )
 
 
 def test_rocm_torch_selects_the_rocm_platform_with_its_environment() -> None:
@@ -104,3 +107,33 @@ def test_entry_point_sets_the_environment_on_rocm(
     assert os.environ["AITER_QUICK_REDUCE_QUANTIZATION"] == "INT6"
     monkeypatch.setenv("ATOM_TIER_DISABLE", "1")
     assert register_platform() is None
+
+
+def test_rocm_torch_without_a_gpu_stands_aside_with_an_info_line() -> None:
+    selection = select({}, "rocm", rocm_gpu=False)
+    assert selection.platform is None and not selection.warning and selection.env == {}
+    assert "no AMD GPU is visible" in selection.reason
+
+
+def test_gpu_less_rocm_host_resolves_vllms_platform_without_crashing(
+    fake_amdsmi: FakeAmdsmiFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ROCm torch (faked: torch.version.hip) with amdsmi (FakeAmdsmi) listing no device, as on
+    a CI runner or in `docker build`: vLLM's real plugin resolution must not get atom-tier's
+    ROCm class (importing vllm.platforms.rocm there fails in _get_gcn_arch)."""
+    import torch
+    import vllm.platforms
+
+    from atom_tier.plugin import register_platform
+
+    for name in ("ATOM_TIER_DISABLE", "VLLM_TARGET_DEVICE", "VLLM_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482-faked", raising=False)
+    amdsmi = fake_amdsmi(0)
+    assert register_platform() is None
+    assert amdsmi.calls == ["init", "handles", "shut_down"]  # vLLM's own probe asked it
+    assert vllm.platforms.resolve_current_platform_cls_qualname() == (
+        "vllm.platforms.cpu.CpuPlatform"
+    )
+    fake_amdsmi(1)  # the same host with a GPU
+    assert register_platform() == ROCM_PLATFORM

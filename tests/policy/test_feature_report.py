@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from atom_tier.policy.feature_report import FEATURES, render_block
@@ -84,3 +88,35 @@ def test_engine_core_rerun_of_post_init_changes_and_logs_nothing(
     config.__post_init__()
     assert state() == before
     assert atom_tier_log.messages()[logged:] == []
+
+
+# vLLM's prefix-cache seed as a fresh interpreter computes it (the engine core and every worker
+# are such interpreters), next to that interpreter's own hash() of a string.
+NONE_HASH_PROBE = (
+    "from vllm.utils.hashing import get_hash_fn_by_name\n"
+    "from vllm.v1.core import kv_cache_utils as k\n"
+    "k.init_none_hash(get_hash_fn_by_name('sha256'))\n"
+    "print(bytes(k.NONE_HASH).hex(), hash('atom-tier'))\n"
+)
+
+
+def _none_hash_in_fresh_process(seed: str) -> tuple[str, str]:
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    out = subprocess.run(
+        [sys.executable, "-c", NONE_HASH_PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[-2], out[-1]
+
+
+def test_pythonhashseed_random_gives_vllm_the_same_prefix_hashes_and_starts(
+    build_config: BuildConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM 0.32 seeds its prefix hashes with the variable's string: "random" is as stable as 0
+    across processes (only Python's hash() differs), so start-up must not be refused."""
+    first, second = (_none_hash_in_fresh_process("random") for _ in range(2))
+    assert first[0] == second[0]  # vLLM's NONE_HASH: identical in both processes
+    assert first[1] != second[1]  # Python's hash(): randomized, as "random" says
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    built = build_config(max_num_seqs=44)  # a PreflightError here would stop vLLM's start
+    status = built.status("hash_seed")
+    assert status.active and "PYTHONHASHSEED='random'" in status.detail

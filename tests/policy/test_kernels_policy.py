@@ -181,4 +181,43 @@ def test_quick_reduce_reported_active_at_tensor_parallel_2(
     monkeypatch.setenv("VLLM_ROCM_QUICK_REDUCE_QUANTIZATION", "INT8")
     monkeypatch.setenv("AITER_QUICK_REDUCE_QUANTIZATION", "FP8")
     status = build_config(tensor_parallel_size=2).status("quick_reduce")
-    assert status.active and status.detail.startswith("vLLM INT8, AITER FP8 at tensor parallel 2")
+    assert status.active and status.detail.startswith("vLLM INT8 at tensor parallel 2")
+
+
+def test_quick_reduce_follows_the_variable_vllm_reads_not_aiters(
+    build_config: BuildConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM reads VLLM_ROCM_QUICK_REDUCE_QUANTIZATION only (quick_all_reduce.py
+    init_quick_all_reduce); AITER's name set alone changes nothing in vLLM."""
+    monkeypatch.setenv("VLLM_ROCM_QUICK_REDUCE_QUANTIZATION", "NONE")
+    monkeypatch.setenv("AITER_QUICK_REDUCE_QUANTIZATION", "INT4")
+    status = build_config(tensor_parallel_size=2).status("quick_reduce")
+    assert not status.active
+    assert "AITER_QUICK_REDUCE_QUANTIZATION=INT4 is not read by vLLM" in status.detail
+
+
+def test_fused_pass_and_partition_stay_off_for_a_model_without_qk_norms(
+    build_config: BuildConfig,
+) -> None:
+    """Llama's attention has no q/k norm: vLLM's QkNormRopeKvCachePattern matches nothing."""
+    built = build_config(hf_overrides={"architectures": ["LlamaForCausalLM"], "head_dim": 128})
+    assert built.config.model_config.architectures == ["LlamaForCausalLM"]
+    cc = built.config.compilation_config
+    assert cc.pass_config.fuse_qk_norm_rope_kvcache is False
+    assert cc.use_inductor_graph_partition is not True
+    status = built.status(FUSED)
+    assert not status.active and "no per-head q/k norm" in status.detail
+
+
+def test_fused_pass_off_with_the_shuffled_kv_cache_layout(build_config: BuildConfig) -> None:
+    facts = with_facts(ROCM_FACTS, aiter_shuffle_kv_cache=True)
+    built = build_config(facts=facts, hf_overrides={"head_dim": 128})
+    assert built.config.compilation_config.pass_config.fuse_qk_norm_rope_kvcache is False
+    assert "VLLM_ROCM_SHUFFLE_KV_CACHE_LAYOUT=1" in built.status(FUSED).detail
+
+
+def test_fused_pass_reason_names_the_token_limit_and_vllms_count(
+    build_config: BuildConfig,
+) -> None:
+    detail = build_config(hf_overrides={"head_dim": 128}).status(FUSED).detail
+    assert "batches of <= 256 tokens" in detail and "replaced N pattern(s)" in detail

@@ -46,9 +46,9 @@ BAD_VALUES = [
     ),
     (
         "preflight",
-        {"PYTHONHASHSEED": "random"},
+        {"ATOM_TIER_CONNECTOR": "native", "ATOM_TIER_NVME_PATH": "/nonexistent/atom-tier-kv"},
         [],
-        "- [hash-seed] PYTHONHASHSEED='random' is not a fixed integer",
+        "- [nvme-path] ATOM_TIER_NVME_PATH=/nonexistent/atom-tier-kv does not exist",
     ),
     (
         "connector-engine",
