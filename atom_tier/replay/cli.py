@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(block-exact prefix reuse, closed-loop users) and report TTFT, throughput and the "
         "server's cache hits per tier."
     )
+    parser.epilog = (
+        "`atom-tier replay compare RUN_DIR...` puts finished runs side by side "
+        "(see `atom-tier replay compare --help`)."
+    )
     parser.add_argument("traces", type=Path, help="folder of trace files (*.json, *.json.gz)")
     parser.add_argument(
         "--endpoint",
