@@ -8,9 +8,11 @@ enough that users evict each other's prefixes) and replays the same traces again
     C  + DRAM + NVMe tier     (same DRAM size as B, ATOM_TIER_NVME_PATH on local disk)
 
 Every arm gets the same sessions in the same seeded order, the same scaling and the same
-duration; one table with the ratios is printed and (unless --no-docs) written into the
-"Three-arm replay" section of docs/benchmarks.md. An arm whose server cannot start (for
-example the connector or NVMe tier is missing) is reported as not run, and the others still run.
+duration; one table with the ratios (`atom-tier replay compare`'s, with this bench's probe
+rows; its HTML report and plots go to <out>/compare) is printed and (unless --no-docs)
+written into the "Three-arm replay" section of docs/benchmarks.md. An arm whose server cannot
+start (for example the connector or NVMe tier is missing) is reported as not run, and the
+others still run.
 
     .venv/bin/python bench/three_arms.py [--traces /work/shared/traces --limit-traces 40
         --token-scale 0.0625 --max-model-len 8192 --kv-blocks 72 --dram-gb 0.04 --users 16
@@ -26,7 +28,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import math
 import os
 import shlex
 import shutil
@@ -40,6 +41,7 @@ from three_arms_setup import build_bench_model, machine, model_text, probe_reloa
 from atom_tier.devtools.cpu_server import CpuVllmServer, ServerStartError
 from atom_tier.devtools.tiny_model import build_tiny_model
 from atom_tier.replay.cli import replay_against, write_results
+from atom_tier.replay.compare import Row, load_runs, markdown_table, number, write_report
 from atom_tier.replay.report import format_progress, format_table, summary
 from atom_tier.replay.runner import ReplayOptions, Snapshot
 from atom_tier.replay.traces import ReplayInputError, Session, load_traces
@@ -54,6 +56,16 @@ CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both
 SECTION = "## Three-arm replay"
 BEGIN, END = "<!-- three-arms:begin -->", "<!-- three-arms:end -->"
 METRICS_END = "metrics-end.txt"
+RESULTS = "results"
+# This bench's figures beyond the replay's own, added to each arm's summary.json.
+EXTRA_ROWS = (
+    Row("TTFT avg (ms)", "ttft_avg_s", "ms"),
+    Row("TTFT max (ms)", "ttft_max_s", "ms"),
+    Row("output tokens/s", "output_tokens_per_s"),
+    Row("probe: cold TTFT, ½ pool (ms)", "probe_cold_s", "ms"),
+    Row("probe: same after eviction (ms)", "probe_after_eviction_s", "ms"),
+    Row("host load average (2 CPUs)", "load_average", "x"),
+)
 GOALS = (
     ("median TTFT A ÷ C", ">= 3"),
     ("completed requests C ÷ A", ">= 2"),
@@ -172,56 +184,34 @@ def run_arm(
         server.stop()
         shutil.rmtree(nvme_dir, ignore_errors=True)  # cache files, hundreds of MB
     print(format_table(result), flush=True)
-    write_results(result, workdir / "results")
-    return {**summary(result), **probe, "load_average": load}
+    extra = {**probe, "load_average": load}
+    write_results(result, workdir / RESULTS)
+    summary_path = workdir / RESULTS / "summary.json"
+    summary_path.write_text(
+        json.dumps({**json.loads(summary_path.read_text()), **extra}, indent=2) + "\n"
+    )
+    return {**summary(result), **extra, "results": str(workdir / RESULTS)}
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if unit == "ms":
-        return f"{value * 1000:,.0f}"
-    if unit == "%":
-        return f"{value:.1%}"
-    if unit == "x":
-        return f"{value:.1f}"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+def _ratio(a: Any, b: Any) -> float | None:
+    x, y = number(a), number(b)
+    return None if x is None or y is None or y == 0 else x / y
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
-        return None
-    return a / b
-
-
-def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[tuple[str, float | None]]]:
-    """Markdown table rows (arms side by side, then ratios) and the goal figures."""
+def table(
+    results: dict[str, dict[str, Any]], out: Path
+) -> tuple[list[str], list[tuple[str, float | None]]]:
+    """`replay compare`'s table of the arms that ran (its report written into ``out``) and
+    the goal figures."""
     run = {arm: r for arm, r in results.items() if "error" not in r}
-    rows = [
-        ("requests completed", "requests_completed", ""),
-        ("TTFT avg (ms)", "ttft_avg_s", "ms"),
-        ("TTFT p50 (ms)", "ttft_p50_s", "ms"),
-        ("TTFT p95 (ms)", "ttft_p95_s", "ms"),
-        ("TTFT max (ms)", "ttft_max_s", "ms"),
-        ("input tokens/s", "input_tokens_per_s", ""),
-        ("output tokens/s", "output_tokens_per_s", ""),
-        ("hit rate (server)", "hit_rate", "%"),
-        ("probe: cold TTFT, ½ pool (ms)", "probe_cold_s", "ms"),
-        ("probe: same after eviction (ms)", "probe_after_eviction_s", "ms"),
-        ("host load average (2 CPUs)", "load_average", "x"),
-    ]
-    header = "| | " + " | ".join(f"{a}: {ARMS[a]}" for a in results) + " |"
-    lines = [header, "|---" * (len(results) + 1) + "|"]
-    for title, key, unit in rows:
-        cells = [_fmt(run[a][key], unit) if a in run else "not run" for a in results]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    for tier in ("device", "host", "disk"):
-        cells = [_fmt(run[a]["hit_tokens"].get(tier, 0.0)) if a in run else "-" for a in results]
-        lines.append(f"| hit tokens: {tier} | " + " | ".join(cells) + " |")
-    cells = [_fmt(run[a]["computed_tokens"]) if a in run else "-" for a in results]
-    lines.append("| prefilled tokens | " + " | ".join(cells) + " |")
+    lines: list[str] = []
+    if run:
+        runs = load_runs([Path(r["results"]) for r in run.values()])
+        lines = markdown_table(runs, EXTRA_ROWS)
+        files = write_report(runs, out, extra_rows=EXTRA_ROWS)
+        print("comparison report: " + ", ".join(str(p) for p in files), flush=True)
 
-    def get(arm: str, key: str) -> float | None:
+    def get(arm: str, key: str) -> Any:
         return run[arm][key] if arm in run else None
 
     goals = [
@@ -238,7 +228,7 @@ def table(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[tuple[str
 
 
 def report(opts: argparse.Namespace, results: dict[str, dict[str, Any]], traces: str) -> str:
-    lines, goals = table(results)
+    lines, goals = table(results, opts.out / "compare")
     targets = dict(GOALS)
     goal_lines = []
     for name, value in goals:

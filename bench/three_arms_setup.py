@@ -1,4 +1,5 @@
-"""The model and the reload probe of bench/three_arms.py.
+"""The model (built by atom_tier.devtools.tiny_model, shared with `make demo`) and the reload
+probe of bench/three_arms.py.
 
 The tiny test model (2 layers, hidden 128) recomputes a ~3K-token prompt on this CPU in about
 the time reloading its KV takes, so no tier could beat recomputing with it. Real models spend
@@ -15,24 +16,12 @@ import os
 import platform
 import random
 import time
-from pathlib import Path
 
 import httpx
 
-from atom_tier.devtools.tiny_model import ModelShape, build_tiny_model
+from atom_tier.devtools.tiny_model import build_bench_model
 
-
-def build_bench_model(out_dir: Path, *, hidden: int, layers: int) -> Path:
-    """A random Qwen3 of ``layers`` × ``hidden`` with the test model's tokenizer (cached)."""
-    shape = ModelShape(
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        layers=layers,
-        heads=max(2, hidden // 64),
-        kv_heads=2,
-        head_dim=64,
-    )
-    return build_tiny_model(out_dir, shape=shape)
+__all__ = ["build_bench_model", "machine", "model_text", "probe_reload"]
 
 
 def model_text(opts: argparse.Namespace) -> str:

@@ -79,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:2] == ["replay", "compare"]:
+        # `replay`'s first positional is a trace folder, so argparse cannot also hold a
+        # `compare` sub-command under it: the comparison has its own parser.
+        from atom_tier.replay import compare
+
+        return compare.main(words[2:])
+    args = build_parser().parse_args(words)
     runner: Runner = args.runner
     try:
         return runner(args)

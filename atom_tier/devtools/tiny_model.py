@@ -108,6 +108,25 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, shape: ModelShape | None =
     return out_dir
 
 
+def build_bench_model(out_dir: Path, *, hidden: int = 384, layers: int = 4) -> Path:
+    """A random Qwen3 of ``layers`` × ``hidden`` with the test model's tokenizer (cached).
+
+    The test model recomputes a prompt about as fast as its KV reloads from a tier; this one
+    spends ~13 MFLOP per token for 2 KB of KV at the defaults, which puts prefill on a 2-core
+    CPU in the regime of real models, where a reload is much cheaper than a recompute
+    (`make demo`, bench/three_arms.py).
+    """
+    shape = ModelShape(
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        layers=layers,
+        heads=max(2, hidden // 64),
+        kv_heads=2,
+        head_dim=64,
+    )
+    return build_tiny_model(out_dir, shape=shape)
+
+
 def main() -> None:
     import argparse
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,6 +19,7 @@ from typing import TextIO
 from atom_tier.replay.client import ReplayClient
 from atom_tier.replay.plots import MISSING_NOTE, plotting_available, write_plots
 from atom_tier.replay.report import format_progress, format_table, write_outputs
+from atom_tier.replay.routing import ROUTING_MODES
 from atom_tier.replay.runner import ProgressCallback, Replay, ReplayOptions, ReplayResult, Snapshot
 from atom_tier.replay.scheduler import TTFT_METRICS
 from atom_tier.replay.synth import SynthSpec, write_traces
@@ -25,6 +27,7 @@ from atom_tier.replay.tokens import TokenMapper, check_scaling
 from atom_tier.replay.traces import ReplayInputError, Session, load_traces
 
 EXIT_BAD_INPUT = 2
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +37,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(block-exact prefix reuse, closed-loop users) and report TTFT, throughput and the "
         "server's cache hits per tier."
     )
+    parser.epilog = (
+        "`atom-tier replay compare RUN_DIR...` puts finished runs side by side "
+        "(see `atom-tier replay compare --help`)."
+    )
     parser.add_argument("traces", type=Path, help="folder of trace files (*.json, *.json.gz)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    parser.add_argument(
+        "--endpoint",
+        "--url",
+        dest="endpoints",
+        action="append",
+        metavar="URL",
+        help=f"server base URL (default {DEFAULT_URL}); repeat it for several replicas of "
+        "one model, which --routing shares the requests among",
+    )
+    parser.add_argument(
+        "--routing",
+        choices=ROUTING_MODES,
+        default="round-robin",
+        help="with several endpoints: round-robin per request, sticky per conversation "
+        "(its sub-agents included; stable hash of the trace id), or random per request "
+        "(from --seed)",
+    )
     parser.add_argument("--model", help="served model name (default: the first listed)")
     parser.add_argument("--duration", type=float, default=120.0, help="run length, seconds")
     parser.add_argument("--start-users", type=int, default=1, help="users at the start")
@@ -138,7 +161,7 @@ class LiveProgress:
 
 
 async def replay_against(
-    url: str,
+    url: str | Sequence[str],
     sessions: Sequence[Session],
     options: ReplayOptions,
     *,
@@ -150,20 +173,31 @@ async def replay_against(
     on_progress: ProgressCallback | None = None,
     on_start: ProgressCallback | None = None,
 ) -> ReplayResult:
-    """Run one replay against the server at ``url`` (the API the bench scripts use)."""
+    """Run one replay against the server at ``url``, or against several (replicas of one
+    model, shared by ``options.routing``); the API the bench scripts use."""
+    urls = [url] if isinstance(url, str) else list(url)
     connections = options.max_users + 4
-    async with ReplayClient(url, timeout=request_timeout, connections=connections) as client:
-        info = await client.server_info(model)
-        vocab = vocab_size if vocab_size is not None else await client.vocab_size(info)
-        if options.max_context is None and info.max_model_len is not None:
-            options = ReplayOptions(**{**vars(options), "max_context": info.max_model_len})
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                ReplayClient(u, timeout=request_timeout, connections=connections)
+            )
+            for u in urls
+        ]
+        info = await clients[0].server_info(model)
+        # Every replica must serve the first one's model; the shortest context bounds requests.
+        others = [await c.server_info(info.model) for c in clients[1:]]
+        vocab = vocab_size if vocab_size is not None else await clients[0].vocab_size(info)
+        lengths = [i.max_model_len for i in (info, *others) if i.max_model_len is not None]
+        if options.max_context is None and lengths:
+            options = ReplayOptions(**{**vars(options), "max_context": min(lengths)})
         mapper = TokenMapper(
             vocab_size=vocab,
             token_scale=token_scale,
             seed=options.seed,
             max_output_tokens=max_output_tokens,
         )
-        replay = Replay(client, info, mapper, sessions, options, on_progress)
+        replay = Replay(clients, info, mapper, sessions, options, on_progress)
         return await replay.run()
 
 
@@ -182,6 +216,7 @@ def _options(args: argparse.Namespace) -> ReplayOptions:
         seed=args.seed,
         max_context=args.max_context,
         label=args.label,
+        routing=args.routing,
     )
 
 
@@ -199,7 +234,7 @@ async def _replay(args: argparse.Namespace) -> int:
     )
     progress = None if args.quiet else LiveProgress(sys.stdout)
     result = await replay_against(
-        args.url,
+        args.endpoints or [DEFAULT_URL],
         traces.sessions,
         options,
         token_scale=args.token_scale,

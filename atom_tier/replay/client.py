@@ -85,7 +85,7 @@ class ReplayClient:
         except httpx.HTTPError as error:
             raise ReplayInputError(
                 f"server {self.base_url} is unreachable ({type(error).__name__}: {error}); "
-                "is it running, and is --url right?"
+                "is it running, and is --endpoint (--url) right?"
             ) from None
 
     async def server_info(self, model: str | None = None) -> ServerInfo:

@@ -10,7 +10,7 @@ server started, so a replay reports differences between two snapshots.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 HIT_METRIC = "vllm:prompt_tokens_cached_by_source"
@@ -91,6 +91,20 @@ class CacheCounters:
     @property
     def hit_total(self) -> float:
         return sum(self.hits.values())
+
+
+def sum_counters(snapshots: Sequence[CacheCounters]) -> CacheCounters:
+    """Several servers' counters as one (the replicas of a multi-endpoint replay); available
+    only when every server reported them."""
+    hits: dict[str, float] = {}
+    for snap in snapshots:
+        for tier, value in snap.hits.items():
+            hits[tier] = hits.get(tier, 0.0) + value
+    return CacheCounters(
+        hits=hits,
+        computed=sum(s.computed for s in snapshots),
+        available=bool(snapshots) and all(s.available for s in snapshots),
+    )
 
 
 def tier_order(seen: set[str] | list[str]) -> list[str]:

@@ -38,6 +38,28 @@ def format_progress(snap: Snapshot) -> str:
     )
 
 
+def _hit_tokens(cache: CacheCounters) -> dict[str, float]:
+    return {tier: cache.hits.get(tier, 0.0) for tier in tier_order(list(cache.hits))}
+
+
+def endpoint_summaries(result: ReplayResult) -> dict[str, dict[str, Any]]:
+    """Per endpoint: requests it completed and failed, its median TTFT and its own cache
+    counters over the run (hit tokens by tier, prefilled tokens)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for url in result.endpoints:
+        mine = [r for r in result.records if r.endpoint == url]
+        done = [r.ttft for r in mine if r.ok and r.ttft is not None]
+        cache = result.endpoint_cache.get(url, CacheCounters())
+        figures[url] = {
+            "requests_completed": len(done),
+            "requests_failed": len(mine) - len(done),
+            "ttft_p50_s": percentile(done, 50),
+            "hit_tokens": _hit_tokens(cache),
+            "computed_tokens": cache.computed,
+        }
+    return figures
+
+
 def summary(result: ReplayResult) -> dict[str, Any]:
     """The run's figures as plain data (the end table, summary.json, the three-arm bench)."""
     done = result.completed
@@ -49,7 +71,7 @@ def summary(result: ReplayResult) -> dict[str, Any]:
     failures = [r for r in result.records if not r.ok]
     return {
         "label": result.options.label,
-        "server": result.server.base_url,
+        "server": ", ".join(result.endpoints) or result.server.base_url,
         "model": result.server.model,
         "started_at": result.started_at.isoformat(timespec="seconds"),
         "elapsed_s": round(result.elapsed, 3),
@@ -68,10 +90,12 @@ def summary(result: ReplayResult) -> dict[str, Any]:
         "sessions_skipped": result.sessions_skipped,
         "max_users_reached": max((p.users for p in result.periods), default=0),
         "cache_metrics_available": cache.available,
-        "hit_tokens": {tier: cache.hits.get(tier, 0.0) for tier in tier_order(list(cache.hits))},
+        "hit_tokens": _hit_tokens(cache),
         "computed_tokens": cache.computed,
         "hit_rate": (cache.hit_total / prompt_total) if prompt_total else math.nan,
         "token_scale": result.token_scale,
+        "routing": result.routing,
+        "endpoints": endpoint_summaries(result),
         "options": asdict(result.options),
         "machine": f"{platform.node()} {platform.machine()} {platform.system()}",
     }
@@ -105,6 +129,14 @@ def format_table(result: ReplayResult) -> str:
         )
     else:
         lines.append("  server hit tokens       not available (no vLLM cache counters on /metrics)")
+    if len(s["endpoints"]) > 1:
+        lines.append(f"  routing                 {s['routing']}")
+        for url, e in s["endpoints"].items():
+            tiers = ", ".join(f"{t} {v:,.0f}" for t, v in e["hit_tokens"].items() if v)
+            lines.append(
+                f"  {url:<23} {e['requests_completed']} done, {e['requests_failed']} failed,"
+                f" TTFT p50 {_ms(e['ttft_p50_s'])}, hit tokens {tiers or 'none'}"
+            )
     if s["first_error"]:
         lines.append(f"  first error             {s['first_error']}")
     return "\n".join(lines)
@@ -126,6 +158,7 @@ def write_requests_csv(result: ReplayResult, path: Path) -> None:
                 "output_tokens",
                 "ok",
                 "error",
+                "endpoint",
             ]
         )
         for r in result.records:
@@ -142,6 +175,7 @@ def write_requests_csv(result: ReplayResult, path: Path) -> None:
                     r.output_tokens,
                     int(r.ok),
                     r.error or "",
+                    r.endpoint,
                 ]
             )
 

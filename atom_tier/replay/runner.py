@@ -5,7 +5,8 @@ the (scaled, capped) recorded think time, next request; when its session ends it
 one from the seeded order at once. Without recycling each session is replayed once and users
 leave when the order runs out; with it the order starts over as new conversations. At the
 duration limit requests still in flight are cancelled and not counted, so every arm is
-measured over the same window.
+measured over the same window. With several endpoints (replicas of one model) a ``Router``
+picks each request's endpoint, and the servers' counters are read from each and summed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from atom_tier.replay.client import Completion, ReplayClient, ServerInfo
-from atom_tier.replay.metrics import CacheCounters
+from atom_tier.replay.metrics import CacheCounters, sum_counters
+from atom_tier.replay.routing import ROUTING_MODES, Router
 from atom_tier.replay.scheduler import RampController, SessionQueue, percentile, scaled_think
 from atom_tier.replay.tokens import TokenMapper
 from atom_tier.replay.traces import ReplayInputError, Session
@@ -44,6 +46,7 @@ class ReplayOptions:
     seed: int = 0
     max_context: int | None = None
     label: str = "replay"
+    routing: str = "round-robin"
 
     def validate(self) -> None:
         if self.duration <= 0:
@@ -56,6 +59,10 @@ class ReplayOptions:
             raise ReplayInputError(f"max think must not be negative, got {self.max_think}")
         if self.max_context is not None and self.max_context < 2:
             raise ReplayInputError(f"max context must be at least 2, got {self.max_context}")
+        if self.routing not in ROUTING_MODES:
+            raise ReplayInputError(
+                f"routing must be one of {', '.join(ROUTING_MODES)}, got {self.routing!r}"
+            )
         RampController(  # validates the user and ramp options
             self.start_users, self.max_users, self.ttft_target, self.ttft_metric, self.ramp_step
         )
@@ -75,6 +82,7 @@ class RequestRecord:
     input_tokens: int
     output_tokens: int
     error: str | None
+    endpoint: str = ""  # base URL of the server that answered
 
     @property
     def ok(self) -> bool:
@@ -125,6 +133,10 @@ class ReplayResult:
     sessions_finished: int = 0
     sessions_truncated: int = 0
     sessions_skipped: int = 0
+    routing: str = "round-robin"
+    # Every endpoint's base URL, in the order given, and its own counters over the run.
+    endpoints: list[str] = field(default_factory=list)
+    endpoint_cache: dict[str, CacheCounters] = field(default_factory=dict)
 
     @property
     def completed(self) -> list[RequestRecord]:
@@ -135,11 +147,14 @@ ProgressCallback = Callable[[Snapshot, bool], None]
 
 
 class Replay:
-    """One run against one server; ``await run()`` returns the result."""
+    """One run against one server or several; ``await run()`` returns the result.
+
+    ``server`` describes the first of ``clients``; all of them serve the same model.
+    """
 
     def __init__(
         self,
-        client: ReplayClient,
+        clients: ReplayClient | Sequence[ReplayClient],
         server: ServerInfo,
         mapper: TokenMapper,
         sessions: Sequence[Session],
@@ -147,7 +162,9 @@ class Replay:
         on_progress: ProgressCallback | None = None,
     ) -> None:
         options.validate()
-        self.client = client
+        self.clients = (clients,) if isinstance(clients, ReplayClient) else tuple(clients)
+        urls = [c.base_url for c in self.clients]
+        self.router = Router(options.routing, urls, seed=options.seed)
         self.mapper = mapper
         self.options = options
         self.on_progress = on_progress
@@ -161,6 +178,8 @@ class Replay:
         fitting = [s for s in sessions if self._fits(s, 0)]
         self.result = ReplayResult(server, options, mapper.token_scale, datetime.now(timezone.utc))
         self.result.sessions_skipped = len(sessions) - len(fitting)
+        self.result.routing = options.routing
+        self.result.endpoints = urls
         if not fitting:
             raise ReplayInputError(
                 f"every session's first request is longer than the max context "
@@ -202,11 +221,12 @@ class Replay:
                     break
                 shape = self.mapper.shape(session, index)
                 prompt = self.mapper.prompt(session, index, cycle=cycle)
+                client = self.clients[self.router.pick(session, cycle)]
                 start = self._now()
-                answer = await self.client.complete(
+                answer = await client.complete(
                     self.result.server.model, prompt, shape.output_tokens
                 )
-                self._record(user, session, cycle, index, start, len(prompt), answer)
+                self._record(user, session, cycle, index, start, len(prompt), answer, client)
             else:
                 self.result.sessions_finished += 1
 
@@ -219,6 +239,7 @@ class Replay:
         start: float,
         prompt_len: int,
         answer: Completion,
+        client: ReplayClient,
     ) -> None:
         if start + answer.latency > self.options.duration:
             return  # finished after the deadline: outside the measured window
@@ -233,13 +254,14 @@ class Replay:
             input_tokens=answer.prompt_tokens or prompt_len,
             output_tokens=answer.output_tokens,
             error=answer.error,
+            endpoint=client.base_url,
         )
         self.result.records.append(record)
         self._failures = 0 if record.ok else self._failures + 1
         if self._failures >= MAX_CONSECUTIVE_FAILURES and self._fatal is None:
             self._fatal = (
-                f"the last {MAX_CONSECUTIVE_FAILURES} requests to {self.client.base_url} "
-                f"failed; the last error: {record.error}"
+                f"the last {MAX_CONSECUTIVE_FAILURES} requests failed; the last error "
+                f"(from {client.base_url}): {record.error}"
             )
 
     def _spawn_to(self, target: int) -> None:
@@ -282,9 +304,14 @@ class Replay:
         self.result.periods.append(period)
         return period
 
+    async def _counters(self) -> list[CacheCounters]:
+        """Each endpoint's counters now, in endpoint order."""
+        return list(await asyncio.gather(*(c.cache_counters() for c in self.clients)))
+
     async def run(self) -> ReplayResult:
         options = self.options
-        baseline = await self.client.cache_counters()
+        baselines = await self._counters()
+        baseline = sum_counters(baselines)
         last_counters = baseline
         self._t0 = time.perf_counter()
         period_start = 0.0
@@ -301,7 +328,7 @@ class Replay:
                 now = self._now()
                 closed = now >= period_end - 1e-6 and now < options.duration
                 if closed:
-                    counters = await self.client.cache_counters()
+                    counters = sum_counters(await self._counters())
                     period = self._close_period(period_start, now, last_counters, counters)
                     last_counters, period_start = counters, now
                     ttfts = [r.ttft for r in period.requests if r.ok and r.ttft is not None]
@@ -317,10 +344,15 @@ class Replay:
         end = min(self._now(), options.duration)
         self.result.elapsed = end
         # Requests cut off by the deadline never get recorded (their task was cancelled).
-        counters = await self.client.cache_counters()
+        finals = await self._counters()
+        counters = sum_counters(finals)
         if end > period_start:
             self._close_period(period_start, end + 1e-9, last_counters, counters)
         self.result.cache = counters.minus(baseline)
+        self.result.endpoint_cache = {
+            c.base_url: final.minus(first)
+            for c, first, final in zip(self.clients, baselines, finals, strict=True)
+        }
         if self.on_progress is not None:
             self.on_progress(self._snapshot(), True)
         if self._fatal is not None:
