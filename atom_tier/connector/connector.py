@@ -23,6 +23,7 @@ from vllm.v1.metrics.cache_hit_source import CacheHitSource
 
 from atom_tier.connector.config import apply_extra_config, describe
 from atom_tier.connector.manager import MeteredTieringManager
+from atom_tier.connector.metrics import AtomTierConnectorStats
 from atom_tier.log import get_logger
 from atom_tier.preflight.checks_connector import evaluate_dram_tier
 from atom_tier.preflight.findings import Level
@@ -163,6 +164,12 @@ class AtomTierConnector(OffloadingConnector):
         return super().request_finished_all_groups(request, block_ids)
 
     # -- metrics (API server process) --------------------------------------------------------
+    @classmethod
+    def build_kv_connector_stats(
+        cls, data: dict[str, Any] | None = None
+    ) -> AtomTierConnectorStats | None:
+        return AtomTierConnectorStats(data=data) if data is not None else AtomTierConnectorStats()
+
     @classmethod
     def build_prom_metrics(
         cls,

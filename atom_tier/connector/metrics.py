@@ -20,6 +20,10 @@ tier, ``1:<type>`` the first secondary tier) so the series join:
   ``atom_tier:kv_tier_usage_perc`` (gauges): how full each tier is. vLLM's
   ``kv_offload_cpu_cache_usage_perc`` only counts chunks pinned by in-flight transfers.
 
+vLLM also writes every counter of an interval into one ``KV Transfer metrics`` INFO line
+(``KVConnectorLogging.log``); :class:`AtomTierConnectorStats` leaves atom-tier's own metrics out of
+that line (they are on /metrics), so the log keeps vLLM's summary and the per-request hit line.
+
 Secondary tiers report their usage by offering ``tier_usage() -> (used_bytes, capacity_bytes)``
 (duck-typed, so the tier code needs no import of this module).
 """
@@ -52,6 +56,16 @@ class ReportsUsage(Protocol):
     """A secondary tier that can say how full it is."""
 
     def tier_usage(self) -> tuple[int, int]: ...
+
+
+OWN_PREFIX = "atom_tier:"
+
+
+class AtomTierConnectorStats(OffloadingConnectorStats):
+    """vLLM's offloading stats; its log summary (``reduce``) without atom-tier's metrics."""
+
+    def reduce(self) -> dict[str, int | float]:
+        return {k: v for k, v in super().reduce().items() if not k.startswith(OWN_PREFIX)}
 
 
 def metric_definitions() -> dict[str, OffloadingMetricMetadata]:
