@@ -76,15 +76,16 @@ class ValkeyCluster:
         return self
 
     def _assign_slots_and_meet(self) -> None:
-        if cluster_info(self.nodes[0]).get("cluster_state") == "ok":
-            return  # restarted nodes kept nodes.conf: already one cluster
+        if int(cluster_info(self.nodes[0]).get("cluster_known_nodes", 0)) == len(self.nodes):
+            return  # restarted nodes kept nodes-<port>.conf: already one cluster
         size = len(self.nodes)
         for index, node in enumerate(self.nodes):
             first = index * CLUSTER_SLOTS // size
             last = (index + 1) * CLUSTER_SLOTS // size - 1
             node.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        seed = self.nodes[0]
         for node in self.nodes[1:]:
-            node.command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+            node.command("CLUSTER", "MEET", "127.0.0.1", seed.port, seed.cluster_bus_port)
 
     def wait_healthy(self, timeout: float | None = None) -> None:
         """Until every running node reports cluster_state:ok and knows every node."""

@@ -56,7 +56,7 @@ def find_server_binary(explicit: Path | None = None) -> Path:
             return Path(found)
     raise FileNotFoundError(
         "no valkey-server or redis-server next to the Python interpreter or on PATH; "
-        "`make venv` installs Debian's redis-server (apt-get install redis-server)"
+        "`make shared-tier-server` installs Debian's redis-server (needs root)"
     )
 
 
@@ -172,6 +172,8 @@ class ValkeyServer:
         self.maxmemory_policy = maxmemory_policy
         self.unix_socket_path = self.work_dir / "server.sock" if unix_socket else None
         self.cluster = cluster
+        # Set explicitly: the default bus port, port + 10000, fails above port 55535.
+        self.cluster_bus_port = free_port() if cluster else None
         # TLS listens on a second port; the plain port stays for readiness and set-up.
         self.tls_port = free_port() if tls else None
         self.extra_args = list(extra_args)
@@ -240,9 +242,10 @@ class ValkeyServer:
                 "--tls-ca-cert-file", str(self.ca_path),
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
-        if self.cluster:
+        if self.cluster_bus_port is not None:
             args += [
                 "--cluster-enabled", "yes",
+                "--cluster-port", str(self.cluster_bus_port),
                 "--cluster-config-file", f"nodes-{self.port}.conf",
                 "--cluster-node-timeout", "2000",
                 # A cache keeps serving the slots it has while another node is down.
