@@ -7,7 +7,7 @@ noise is shared; every GET checks the length it got back):
 * SET and GET throughput, one connection and --threads threads (one key per thread, overwritten,
   as redis-benchmark does without -r)
 * pipelined EXISTS of 1,000 keys (half present), median of 30 round trips, standalone and on a
-  three-node cluster
+  three-node cluster; and the same checks as one Lua script (EVALSHA) through redis-py
 * and, run rather than read from documentation: unix:// and rediss:// (TLS) connections, and on
   a three-node cluster a key whose slot is being migrated (ASK) and then moved (MOVED)
 
@@ -98,7 +98,7 @@ def redis_py(port: int, threads: int, hiredis: bool = True, views: bool = False)
     return client.set, client.get, exists_many
 
 
-def valkey_py(port: int, threads: int) -> Ops:
+def valkey_py(port: int, threads: int, views: bool = False) -> Ops:
     import valkey
 
     pool = valkey.BlockingConnectionPool(host="127.0.0.1", port=port, max_connections=threads)
@@ -110,6 +110,8 @@ def valkey_py(port: int, threads: int) -> Ops:
             pipe.exists(key)
         return pipe.execute()
 
+    if views:
+        return lambda key, value: client.set(key, memoryview(value)), client.get, exists_many
     return client.set, client.get, exists_many
 
 
@@ -137,6 +139,7 @@ CANDIDATES: dict[str, Callable[[int, int], Ops]] = {
     "redis-py+hiredis, views": lambda port, threads: redis_py(port, threads, views=True),
     "redis-py (Python parser)": lambda port, threads: redis_py(port, threads, hiredis=False),
     "valkey-py+libvalkey": valkey_py,
+    "valkey-py+libvalkey, views": lambda port, threads: valkey_py(port, threads, views=True),
     "valkey-glide-sync": glide_sync,
 }
 
@@ -194,6 +197,21 @@ def exists_median_ms(exists_many: Callable[[list[bytes]], Any], set_: Callable[.
         if found is None or sum(int(bool(x)) for x in found) != EXISTS_KEYS // 2:
             raise AssertionError("pipelined EXISTS miscounted")
     return statistics.median(times) * 1e3
+
+
+EXISTS_SCRIPT = (
+    "local r = {} for i, k in ipairs(KEYS) do r[i] = redis.call('EXISTS', k) end return r"
+)
+
+
+def lua_exists_median_ms(port: int) -> float:
+    """The same 1,000 checks as one EVALSHA (standalone only: a cluster script's keys must
+    share a slot), through redis-py."""
+    import redis
+
+    client = redis.Redis(port=port)
+    sha = client.script_load(EXISTS_SCRIPT)
+    return exists_median_ms(lambda ks: client.evalsha(sha, len(ks), *ks), client.set)
 
 
 def benchmark_tool(
@@ -334,7 +352,7 @@ def main() -> None:
                         )
                     command(server.port, "FLUSHALL")
         print(f"\nSET/GET MB/s, best of {args.repeat} (connections: 1 | {args.threads})")
-        print(f"{'client':24} {'size':>9}  {'SET 1':>8} {'GET 1':>8}  {'SET n':>8} {'GET n':>8}")
+        print(f"{'client':27} {'size':>9}  {'SET 1':>8} {'GET 1':>8}  {'SET n':>8} {'GET n':>8}")
         for name in ["benchmark tool", *available]:
             for size_kib in args.sizes_kib:
                 row = [
@@ -342,7 +360,7 @@ def main() -> None:
                     for t in (1, args.threads)
                     for i in (0, 1)
                 ]
-                print(f"{name:24} {size_kib:>6} KiB  " + " ".join(f"{v:8.0f}" for v in row[:2])
+                print(f"{name:27} {size_kib:>6} KiB  " + " ".join(f"{v:8.0f}" for v in row[:2])
                       + "  " + " ".join(f"{v:8.0f}" for v in row[2:]))  # fmt: skip
         with ValkeyCluster() as cluster:
             print(f"\npipelined EXISTS of {EXISTS_KEYS} keys (half present), median ms; features")
@@ -357,10 +375,14 @@ def main() -> None:
                 except Exception as error:
                     clustered, migration = "failed", f"cluster: {type(error).__name__}: {error}"
                 features = check_unix_and_tls(name, server)
-                print(f"{name:24} standalone {standalone:6.2f}  cluster {clustered}  "
+                print(f"{name:27} standalone {standalone:6.2f}  cluster {clustered}  "
                       f"{features}, {migration}")  # fmt: skip
                 for node in cluster.nodes:
                     node.command("FLUSHALL")
+        if "redis-py+hiredis" in available:
+            print(
+                f"{'redis-py+hiredis, Lua':27} standalone {lua_exists_median_ms(server.port):6.2f}"
+            )
         for name, note in notes.items():
             print(f"{name}: {note}")
 
