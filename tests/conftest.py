@@ -19,6 +19,12 @@ import pytest
 from atom_tier.devtools.cpu_server import CpuVllmServer
 from atom_tier.devtools.tiny_model import build_tiny_model
 from atom_tier.tiers.nvme_store import NvmeChunkStore
+from tests.valkey_fixtures import (  # noqa: F401 - fixtures for every test module
+    fresh_valkey,
+    fresh_valkey_cluster,
+    valkey_cluster,
+    valkey_server,
+)
 
 ServerFactory = Callable[..., CpuVllmServer]
 StoreFactory = Callable[..., NvmeChunkStore]

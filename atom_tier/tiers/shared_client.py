@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from atom_tier.tiers.shared_url import SharedTarget
 
@@ -76,6 +78,9 @@ class SharedClient:
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
             "health_check_interval": 0,
+            # redis-py's default retries cost 2-4 s per command with a cluster node down
+            # (docs/benchmarks.md); the breaker is the retry policy here.
+            "retry": Retry(NoBackoff(), 0),
         }
         self._client: redis.Redis | RedisCluster
         if target.cluster:
@@ -126,9 +131,16 @@ class SharedClient:
     def get(self, keys: Sequence[str]) -> list[bytes | Exception | None]:
         return self._run([("GET", key) for key in keys])
 
-    def set_absent(self, items: Sequence[tuple[str, bytes | bytearray]]) -> list[bool | Exception]:
-        """SET NX each: True stored, False already there, ServerFull, or another error reply."""
-        replies = self._run([("SET", key, value, "NX") for key, value in items])
+    def set_absent(
+        self, items: Sequence[tuple[str, bytes | bytearray | memoryview]]
+    ) -> list[bool | Exception]:
+        """SET NX each: True stored, False already there, ServerFull, or another error reply.
+
+        Values go as memoryviews: redis-py then sends them as they are, where bytes would be
+        copied through hiredis.pack_command (~300 MB/s here; docs/benchmarks.md).
+        """
+        commands = [("SET", key, memoryview(value), "NX") for key, value in items]
+        replies = self._run(commands)
         return [
             ServerFull(str(r))
             if isinstance(r, redis.exceptions.OutOfMemoryError)
@@ -142,13 +154,17 @@ class SharedClient:
         self._run([("DEL", key) for key in keys])
 
     def server_facts(self) -> ServerFacts:
+        info: dict[str, Any]
         try:
-            info = self._client.info()
             nodes = 1
             if isinstance(self._client, RedisCluster):
-                per_node = info if isinstance(info, dict) else {}
+                per_node: dict[str, dict[str, Any]] = self._client.info(
+                    target_nodes=RedisCluster.PRIMARIES
+                )
                 nodes = len(per_node)
-                info = next(iter(per_node.values()), {}) if per_node else {}
+                info = next(iter(per_node.values()), {})
+            else:
+                info = self._client.info()
         except (*_UNAVAILABLE, redis.ResponseError) as error:
             raise _unavailable(error) from None
         product = "valkey" if "valkey_version" in info else "redis"

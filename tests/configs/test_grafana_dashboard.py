@@ -1,12 +1,12 @@
 """configs/grafana's dashboard queries only metrics a real server exposes.
 
-A real CPU vLLM server with atom-tier's connector, DRAM tier and NVMe tier serves prompts that
-push a prefix out of the device cache and the DRAM tier and back from NVMe; then every metric
+A real CPU vLLM server with atom-tier's connector, DRAM, NVMe and shared tiers (a real
+Valkey/Redis server) serves prompts that push a prefix out of the device cache and the DRAM
+tier and back from NVMe; then every metric
 name in every panel query must be on its /metrics. A metric counts as there when /metrics
 declares it (``# TYPE``) or has a sample of it: vLLM declares every offloading counter at start
 but prints a labeled sample only after its first increment, and a healthy server has never
-counted a corrupt chunk. The shared tier's row is checked only once a server exposes
-``atom_tier:shared_tier_*`` metrics (the lead's shared tier); until then its test skips.
+counted a corrupt chunk.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from atom_tier.devtools.cpu_server import CpuVllmServer
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "configs" / "grafana" / "atom-tier-kv-tiers.json"
-SHARED_ROW = "Shared tier"  # the row whose panels wait for the shared tier's metrics
+SHARED_ROW = "Shared tier"
 SHARED_PREFIX = "atom_tier:shared_tier_"
 METRIC = re.compile(r"\b(?:vllm|atom_tier):[a-zA-Z0-9_:]+")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -88,10 +88,13 @@ def test_dashboard_is_grafana_json_with_queries() -> None:
 
 
 @pytest.fixture(scope="module")
-def metrics_text(module_server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+def metrics_text(
+    module_server_factory: Any, tmp_path_factory: pytest.TempPathFactory, valkey_server: Any
+) -> str:
     nvme = tmp_path_factory.mktemp("nvme")
+    valkey_server.start()
     env = {"ATOM_TIER_DRAM_GB": "0.00075", "ATOM_TIER_NVME_PATH": str(nvme),
-           "ATOM_TIER_NVME_GB": "0.05"}  # fmt: skip
+           "ATOM_TIER_NVME_GB": "0.05", "ATOM_TIER_SHARED_URL": valkey_server.url}  # fmt: skip
     server: CpuVllmServer = module_server_factory(args=ARGS, env=env)
 
     def tokens(seed: int) -> list[int]:
@@ -112,11 +115,7 @@ def test_every_metric_the_dashboard_queries_is_exposed(metrics_text: str) -> Non
 
 
 @pytest.mark.server
-def test_shared_tier_row_metrics_are_exposed_once_the_shared_tier_exists(
-    metrics_text: str,
-) -> None:
+def test_shared_tier_row_metrics_are_exposed(metrics_text: str) -> None:
     have = exposed(metrics_text)
-    if not any(name.startswith(SHARED_PREFIX) for name in have):
-        pytest.skip("no atom_tier:shared_tier_* metric on /metrics yet (shared tier pending)")
     missing = sorted(queried(shared=True) - have)
     assert not missing, f"the shared tier row queries metrics /metrics does not have: {missing}"

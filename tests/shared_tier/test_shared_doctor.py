@@ -13,7 +13,11 @@ from tests.cli.test_doctor import doctor
 def findings(env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
     result = doctor("--json", env={"PYTHONHASHSEED": "0", **env})
     data = json.loads(result.stdout)
-    return result.returncode, {f["code"]: f for f in data["findings"]}, result.stdout + result.stderr
+    return (
+        result.returncode,
+        {f["code"]: f for f in data["findings"]},
+        result.stdout + result.stderr,
+    )
 
 
 def test_doctor_reports_the_server_its_policy_and_a_chunk_round_trip(

@@ -242,7 +242,8 @@ def test_unix_socket_and_tls_urls_work(fresh_valkey: ValkeyServer) -> None:
 
 
 def test_cluster_round_trip_and_a_node_down(fresh_valkey_cluster: ValkeyCluster) -> None:
-    store = SharedChunkStore(parse_shared_url(fresh_valkey_cluster.url), b"ns1", timeout_s=0.5)
+    seeds = ",".join(fresh_valkey_cluster.node_urls)
+    store = SharedChunkStore(parse_shared_url(seeds), b"ns1", timeout_s=0.5)
     try:
         assert store.wait_ready(10) and store.facts is not None and store.facts.nodes == 3
         chunks = _chunks(30)

@@ -1,4 +1,5 @@
-"""Real Valkey/Redis servers for the shared tier's tests (atom_tier/devtools/valkey_server.py).
+"""Real Valkey/Redis servers for the tests (atom_tier/devtools/valkey_server.py), imported by
+tests/conftest.py so every test module can use them.
 
 `valkey_server` is one password-protected server for the session, with a unix socket and a TLS
 port too (`.url`, `.unix_url`, `.tls_url` + `.ca_path`); `fresh_valkey` hands it to a test
