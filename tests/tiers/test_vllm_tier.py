@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm.v1.kv_offload.base import LookupResult, ReqContext, ScheduleEndContext, make_offload_key
+from vllm.v1.kv_offload.base import (
+    LookupResult,
+    Medium,
+    ReqContext,
+    ScheduleEndContext,
+    make_offload_key,
+)
 from vllm.v1.kv_offload.config import (
     OffloadingModelConfig,
 )
@@ -40,6 +46,7 @@ def _spec(
     gb: str = "1",
     model: str = "tiny-model",
     weights: str | None = "weights-v1",
+    events: bool = False,
 ) -> TieringOffloadingSpec:
     """A spec whose NVMe tier entry carries an identity (an operator's weights id, so no
     weight files are needed); ``weights=None`` leaves the entry without one."""
@@ -52,6 +59,7 @@ def _spec(
         extra_config={"cpu_bytes_to_use": DRAM_CHUNKS * CHUNK_BYTES, "secondary_tiers": [tier]},
         engine_id=f"atom-tier-test-{uuid.uuid4().hex[:8]}",
         model=OffloadingModelConfig(model, "bfloat16"),
+        enable_kv_cache_events=events,
     )
     return TieringOffloadingSpec(config)
 
@@ -146,6 +154,20 @@ def test_chunks_evicted_from_dram_come_back_from_nvme(
     assert stats["reads"] == 1 and stats["hits"] >= 1
     assert _load(manager, reader, 999) is None
     manager.on_request_finished(reader)
+
+
+def test_chunks_written_to_disk_are_published_as_kv_events(
+    tmp_path: Path, open_manager: Callable[..., Any]
+) -> None:
+    manager, tier = open_manager(tmp_path, events=True)
+    _fill_and_evict(manager, tier)
+    events = list(tier.take_events())
+    assert [k for e in events for k in e.keys] == [_key(i) for i in range(12)]
+    assert all(e.medium is Medium.STORAGE and not e.removed for e in events)
+    assert list(tier.take_events()) == []
+    quiet, quiet_tier = open_manager(tmp_path / "quiet")
+    _fill_and_evict(quiet, quiet_tier)
+    assert list(quiet_tier.take_events()) == []  # vLLM's KV events are off
 
 
 def test_restart_serves_what_the_previous_process_wrote(
