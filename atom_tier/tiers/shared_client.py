@@ -91,7 +91,6 @@ class SharedClient:
                 url=target.urls[0],
                 startup_nodes=nodes,
                 max_connections=max_connections,
-                cluster_error_retry_attempts=1,
                 **options,
             )
         else:
