@@ -40,7 +40,7 @@ def test_round_trip(signed: bool) -> None:
     ],
 )
 def test_damaged_values_are_refused_and_leave_the_buffer_alone(mutate, kind) -> None:  # type: ignore[no-untyped-def]
-    value = seal(NS, KEY, _payload(), None)
+    value = bytearray(seal(NS, KEY, _payload(), None))
     mutate(value)
     out = bytearray(b"\xaa" * 8192)
     with pytest.raises(ChunkFormatError) as error:
@@ -71,7 +71,7 @@ def test_signing_server_refuses_unsigned_and_mis_signed_values() -> None:
 def test_a_forged_payload_with_a_fresh_checksum_is_refused_when_signed() -> None:
     """An attacker who can write to the server can compute checksums, not MACs."""
     signer = Signer.from_secret("s1")
-    forged = seal(NS, KEY, _payload(), None) + b"\0" * MAC_BYTES
+    forged = bytes(seal(NS, KEY, _payload(), None)) + b"\0" * MAC_BYTES
     with pytest.raises(UnsignedValueError):
         open_into(bytes(forged), NS, KEY, memoryview(bytearray(8192)), signer)
 
