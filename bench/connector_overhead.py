@@ -182,6 +182,10 @@ def run_pass_shared(
     finally:
         for server in started:
             os.killpg(server.pid, signal.SIGCONT)
+        if shared_url is not None and servers["on"] in started:
+            # Every prompt is new to the cache (flushed before the pass): a hit would be a bug.
+            hits = servers["on"].metric_sum("atom_tier:shared_tier_hits")
+            print(f"shared tier hits in arm on: {hits:.0f} (expected 0)")
         for server in servers.values():
             server.stop()
     return times
@@ -264,7 +268,7 @@ def main() -> None:
         shared_url = cache.url
         print("arms: off = connector with a DRAM tier; on = the same + shared tier (Valkey/Redis)")
     try:
-        run_passes(args, model, work, prompts, shared_url)
+        run_passes(args, model, work, prompts, shared_url, cache)
     finally:
         if cache is not None:
             cache.close()
@@ -277,10 +281,13 @@ def run_passes(
     work: Path,
     prompts: list[list[int]],
     shared_url: str | None,
+    cache: ValkeyServer | None = None,
 ) -> None:
     pooled: dict[str, list[float]] = {arm: [] for arm in ARMS}
     ratios: list[float] = []
     for index in range(args.passes):
+        if cache is not None:
+            cache.command("FLUSHALL")  # the same prompts every pass: nothing may hit
         if args.layout == "shared":
             start_order = ARMS if index % 2 == 0 else ARMS[::-1]
             times = run_pass_shared(

@@ -19,35 +19,19 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import time
-from collections import deque
-from collections.abc import Collection, Iterable, Mapping
-from concurrent.futures import Future
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
-from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
-    OffloadingConnectorStats,
-)
-from vllm.v1.kv_offload.base import (
-    Locality,
-    LookupResult,
-    Medium,
-    OffloadingEvent,
-    OffloadingMetricMetadata,
-    OffloadKey,
-    ReqContext,
-    RequestOffloadingContext,
-)
-from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, TransferJob
+from vllm.v1.kv_offload.base import Locality, LookupResult, OffloadKey, ReqContext
 
 from atom_tier.log import get_logger
 from atom_tier.tiers.chunk_format import FORMAT_VERSION
 from atom_tier.tiers.model_identity import ModelIdentity, model_identity
 from atom_tier.tiers.nvme_store import NvmeChunkStore
-from atom_tier.tiers.tier_metrics import StatsReporter, metric_definitions
-from atom_tier.tiers.tier_stats import COUNTER_NAMES, GAUGE_NAMES, WriteReport
+from atom_tier.tiers.store_tier import StoreBackedTier
+from atom_tier.tiers.tier_stats import COUNTER_NAMES, GAUGE_NAMES
 
 if TYPE_CHECKING:
     from vllm.v1.kv_offload.base import OffloadingSpec
@@ -103,10 +87,14 @@ def resolve_identity(entry: Mapping[str, Any] | None, tier: str = "NVMe") -> Mod
     return model_identity(**entry)
 
 
-class AtomTierNvmeTier(SecondaryTierManager):
+class AtomTierNvmeTier(StoreBackedTier):
     """Secondary tier on local disk: capped, LRU-evicting, checksummed, restart-persistent."""
 
-    medium: ClassVar[Medium] = Medium.STORAGE
+    what = "NVMe tier"
+    metric_prefix = METRIC_PREFIX
+    counter_names = COUNTER_NAMES
+    gauge_names = GAUGE_NAMES
+    store: NvmeChunkStore
 
     def __init__(
         self,
@@ -124,7 +112,6 @@ class AtomTierNvmeTier(SecondaryTierManager):
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality else Locality.LOCAL
-        self._flat = primary_kv_view.cast("B")
         self.identity = resolve_identity(model_identity)
         dirname, namespace = namespace_of(
             offloading_spec, self.block_size_bytes, self.identity.digest
@@ -147,12 +134,6 @@ class AtomTierNvmeTier(SecondaryTierManager):
             fault_retry_s=fault_retry_s,
             auto_share=share,
         )
-        self._finished: deque[JobResult] = deque()
-        self._open_jobs = 0
-        self._reporter = StatsReporter(METRIC_PREFIX, COUNTER_NAMES, GAUGE_NAMES)
-        # KV events (chunks stored) for routers, when vLLM's KV events are on.
-        self._publish_events = offloading_spec.kv_events_config.enable_kv_cache_events
-        self._events: deque[OffloadingEvent] = deque()
         logger.info("atom-tier NVMe tier (%s) at %s", tier_type, root)
         logger.info("atom-tier NVMe tier model identity %s", self.identity.describe())
         if self.identity.source == "unverified":
@@ -162,7 +143,6 @@ class AtomTierNvmeTier(SecondaryTierManager):
                 "weights to keep them"
             )
 
-    # -- lookups ---------------------------------------------------------------------------
     @override
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
         return LookupResult.HIT if self.store.lookup(key) else LookupResult.MISS
@@ -171,114 +151,6 @@ class AtomTierNvmeTier(SecondaryTierManager):
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.store.touch(keys)
 
-    @override
-    def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
-        return RequestOffloadingContext()
-
-    # -- transfers -------------------------------------------------------------------------
-    def _row(self, chunk_id: int) -> memoryview:
-        start = int(chunk_id) * self.block_size_bytes
-        return self._flat[start : start + self.block_size_bytes]
-
-    @override
-    def submit_store(self, job_metadata: TransferJob) -> None:
-        items = [
-            (bytes(key), self._row(cid))
-            for key, cid in zip(job_metadata.keys, job_metadata.chunk_ids, strict=True)
-        ]
-        start = time.monotonic()
-        future = self.store.submit_writes(items)
-        self._open_jobs += 1
-        keys = list(job_metadata.keys)
-        future.add_done_callback(lambda f: self._store_done(job_metadata.job_id, keys, start, f))
-
-    def _store_done(
-        self, job_id: int, keys: list[OffloadKey], start: float, future: Future[WriteReport]
-    ) -> None:
-        try:
-            report = future.result()
-            ok, nbytes = report.ok, report.written_bytes
-        except Exception:  # never expected: the store turns I/O errors into reports
-            logger.exception("NVMe tier store job %s failed", job_id)
-            ok, nbytes = False, 0
-        if ok and self._publish_events and report.written:
-            self._events.append(OffloadingEvent(keys, self.medium, False, self.locality))
-        self._finished.append(
-            JobResult(job_id, ok, transfer_time=time.monotonic() - start, transfer_bytes=nbytes)
-        )
-
-    @override
-    def submit_load(self, job_metadata: TransferJob) -> None:
-        keys = [bytes(k) for k in job_metadata.keys]
-        items = [(k, self._row(c)) for k, c in zip(keys, job_metadata.chunk_ids, strict=True)]
-        start = time.monotonic()
-        future = self.store.submit_reads(items)
-        self._open_jobs += 1
-        original = list(job_metadata.keys)
-        future.add_done_callback(lambda f: self._load_done(job_metadata.job_id, original, start, f))
-
-    def _load_done(
-        self, job_id: int, keys: list[OffloadKey], start: float, future: Future[list[bool]]
-    ) -> None:
-        try:
-            results = future.result()
-        except Exception:
-            logger.exception("NVMe tier load job %s failed", job_id)
-            results = [False] * len(keys)
-        loaded = [k for k, ok in zip(keys, results, strict=True) if ok]
-        success = len(loaded) == len(keys)
-        self._finished.append(
-            JobResult(
-                job_id,
-                success,
-                # A failed key is never reported loaded: its DRAM slot may hold garbage.
-                successful_keys=None if success else tuple(loaded),
-                transfer_time=time.monotonic() - start,
-                transfer_bytes=len(loaded) * self.block_size_bytes,
-            )
-        )
-
-    @override
-    def get_finished_jobs(self) -> Iterable[JobResult]:
-        results = []
-        while self._finished:
-            results.append(self._finished.popleft())
-        self._open_jobs -= len(results)
-        return results
-
-    @override
-    def has_pending_work(self) -> bool:
-        return self._open_jobs > 0
-
-    @override
-    def drain_jobs(self) -> None:
-        self.store.drain()
-
-    @override
-    def shutdown(self) -> None:
-        self.store.close()
-
-    # -- metrics ---------------------------------------------------------------------------
     def tier_usage(self) -> tuple[int, int]:
         """(bytes on disk, cap): what the connector's per-tier usage gauges report."""
         return self.store.index.used_bytes, self.store.index.capacity_bytes
-
-    def stats(self) -> dict[str, float]:
-        """Plain snapshot of the tier's counters and gauges (see ``tier_stats``)."""
-        return self.store.stats()
-
-    @classmethod
-    @override
-    def build_metric_definitions(
-        cls, extra_config: dict[str, Any]
-    ) -> dict[str, OffloadingMetricMetadata]:
-        return metric_definitions(METRIC_PREFIX, "NVMe tier", COUNTER_NAMES, GAUGE_NAMES)
-
-    @override
-    def get_stats(self) -> OffloadingConnectorStats | None:
-        return self._reporter.report(self.store.stats())
-
-    @override
-    def take_events(self) -> Iterable[OffloadingEvent]:
-        # Appended by I/O threads; popleft is atomic, so none is lost or taken twice.
-        return [self._events.popleft() for _ in range(len(self._events))]
