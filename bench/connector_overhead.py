@@ -184,8 +184,17 @@ def run_pass_shared(
             os.killpg(server.pid, signal.SIGCONT)
         if shared_url is not None and servers["on"] in started:
             # Every prompt is new to the cache (flushed before the pass): a hit would be a bug.
-            hits = servers["on"].metric_sum("atom_tier:shared_tier_hits")
+            on = servers["on"]
+            hits = on.metric_sum("atom_tier:shared_tier_hits")
             print(f"shared tier hits in arm on: {hits:.0f} (expected 0)")
+            # What waiting for the async shared-tier lookup added to each request: vLLM's own
+            # histogram, from the first deferred lookup to the request's admission.
+            delay = on.metric_sum("vllm:kv_offload_lookup_async_delay_seconds_sum")
+            count = on.metric_sum("vllm:kv_offload_lookup_async_delay_seconds_count")
+            if count:
+                mean_ms = 1e3 * delay / count
+                print(f"async lookup delay in arm on: {mean_ms:.2f} ms mean over {count:.0f} "
+                      "requests (vllm:kv_offload_lookup_async_delay_seconds)")  # fmt: skip
         for server in servers.values():
             server.stop()
     return times
