@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
 import importlib.util
 import os
@@ -42,9 +43,20 @@ def probe_torch() -> TorchBuild:
     )
 
 
+@functools.cache
+def _distributions_by_top_level() -> dict[str, tuple[str, ...]]:
+    """Top-level import name -> installed distributions shipping it, scanned once per process.
+    The scan reads every installed distribution's RECORD (0.2 s of CPU in a vLLM environment)
+    and the checks ask twice each time vLLM builds a config; what is installed does not change
+    while a process runs."""
+    return {
+        name: tuple(sorted(set(dists))) for name, dists in metadata.packages_distributions().items()
+    }
+
+
 def distributions_providing(module: str) -> tuple[str, ...]:
     """Installed distributions that ship the top-level import `module` (no import done)."""
-    return tuple(sorted(set(metadata.packages_distributions().get(module, []))))
+    return _distributions_by_top_level().get(module, ())
 
 
 def probe_vllm() -> tuple[str | None, str | None]:
