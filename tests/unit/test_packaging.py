@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -89,11 +90,24 @@ def test_entry_points_discoverable_in_this_environment() -> None:
 
 
 def test_doctor_runs_where_vllm_is_not_installed(wheel: Path, tmp_path: Path) -> None:
-    """A clean venv with only the wheel and its dependencies (from PyPI): no vLLM, no torch."""
+    """A clean venv with only the wheel and its dependencies (from PyPI): no vLLM, no torch.
+
+    This interpreter's pip installs into it (``--python``): the venv needs no pip of its own,
+    and skipping ensurepip saves seconds. No PYTHONPATH reaches the venv's processes: a
+    checkout on it (with the egg-info that ``pip wheel`` leaves there) would make pip skip the
+    install as already satisfied, and would hand the entry points below to the venv."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheel)],
+        check=True,
+        timeout=600,
+        env=clean,
+    )
     result = subprocess.run(
         [str(venv / "bin" / "atom-tier"), "doctor", "--json"],
         capture_output=True,
@@ -117,5 +131,6 @@ def test_doctor_runs_where_vllm_is_not_installed(wheel: Path, tmp_path: Path) ->
         capture_output=True,
         text=True,
         check=True,
+        env=clean,
     )
     assert "atom_tier.plugin:register" in entry.stdout
