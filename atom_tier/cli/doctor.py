@@ -60,6 +60,12 @@ def report(ctx: CheckContext, findings: list[Finding]) -> dict[str, Any]:
     }
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` where words allow: paths and commands (``/tmp/pytest-of-root``,
+    ``--shm-size=2g``) are never split, at a hyphen or anywhere, so they copy and paste whole."""
+    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
+
+
 def render_text(data: dict[str, Any]) -> str:
     width = min(shutil.get_terminal_size((100, 20)).columns, 120)
     env = data["environment"]
@@ -83,11 +89,11 @@ def render_text(data: dict[str, Any]) -> str:
     for finding in data["findings"]:
         mark = MARKS[Level(finding["level"])]
         head = f"  {mark:<5} {finding['code']:<{code_width}}  "
-        body = textwrap.wrap(finding["message"], width - len(head)) or [""]
+        body = _wrap(finding["message"], width - len(head)) or [""]
         lines.append(head + body[0])
         lines += [indent + rest for rest in body[1:]]
         if finding["fix"] and finding["level"] != Level.OK.value:
-            fix = textwrap.wrap("fix: " + finding["fix"], width - len(indent))
+            fix = _wrap("fix: " + finding["fix"], width - len(indent))
             lines += [indent + part for part in fix]
     counts = {lv: sum(1 for f in data["findings"] if f["level"] == lv.value) for lv in Level}
     lines += [

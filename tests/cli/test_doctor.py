@@ -152,3 +152,38 @@ def test_doctor_warns_about_a_misspelled_setting() -> None:
     assert "WARN  unknown-setting" in result.stdout
     assert "ATOM_TIER_DRAM_G is not an atom-tier setting" in result.stdout
     assert "fix: rename it to ATOM_TIER_DRAM_GB" in result.stdout
+
+
+def test_text_report_never_splits_a_path_or_a_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """textwrap's defaults break at hyphens and inside long words: a path such as pytest's
+    /tmp/pytest-of-root/... came out as "pytest-" and "of-root/..." on two lines."""
+    from atom_tier.cli.doctor import render_text
+
+    monkeypatch.setenv("COLUMNS", "100")
+    path = "/tmp/pytest-of-root/pytest-155/test_doctor_warns_when_the_aut0/a-very-long-tmpfs-dir0"
+    message = f"the automatic NVMe cap on {path} is 0 B and the long-winded reasons follow here"
+    data = {
+        "status": "warning",
+        "environment": {
+            "atom_tier": "0",
+            "torch": None,
+            "torch_build": "none",
+            "vllm": None,
+            "vllm_distribution": None,
+            "aiter": [],
+            "host_memory_available_gb": 1,
+        },
+        "settings_changed": {},
+        "findings": [
+            {
+                "level": "warning",
+                "code": "nvme-auto-capacity",
+                "message": message,
+                "fix": f"docker run --shm-size=2g -v {path}:{path} or point it elsewhere",
+            },
+        ],
+    }
+    lines = render_text(data).splitlines()
+    assert sum(path in line for line in lines) == 2  # the message's and the fix's
+    assert any("--shm-size=2g" in line for line in lines)
+    assert " ".join(" ".join(lines).split()).count(f" {path} ") == 1
