@@ -20,20 +20,28 @@ from typing import Any
 import pytest
 from lmcache_helpers import RunInLMCache, settings_of
 
-from atom_tier.lmcache.config import HostShare, lmcache_config, lmcache_environment
+from atom_tier.lmcache.config import (
+    HostShare,
+    LMCacheConfig,
+    lmcache_config,
+    lmcache_environment,
+)
 from atom_tier.lmcache.kv_transfer import lmcache_kv_transfer_config
 
+# Scenarios in one process, each on a fresh LMCacheEngineConfig from LMCache's defaults.
 VALIDATE = """
 import json, sys
 from lmcache.v1.config import LMCacheEngineConfig
 from lmcache.v1.config_base import validate_and_set_config_value
-extra = json.loads(sys.argv[1])
-config = LMCacheEngineConfig.from_env()
-names = {key: key[len("lmcache."):] for key in extra}
-accepted = {key: validate_and_set_config_value(config, names[key], extra[key]) for key in extra}
-config.validate()
-values = {name: getattr(config, name) for name in names.values()}
-print(json.dumps({"accepted": accepted, "values": values}))
+results = []
+for extra in json.loads(sys.argv[1]):
+    config = LMCacheEngineConfig.from_env()
+    names = {key: key[len("lmcache."):] for key in extra}
+    accepted = {key: validate_and_set_config_value(config, names[key], extra[key]) for key in extra}
+    config.validate()
+    values = {name: getattr(config, name) for name in names.values()}
+    results.append({"accepted": accepted, "values": values})
+print(json.dumps(results))
 """
 
 CONSTRUCT = """
@@ -101,14 +109,30 @@ def scenarios(tmp_path: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.mark.parametrize(
-    "name", ["dram only", "dram and disk", "disk only (recipe names)", "decode saved"]
-)
+SCENARIOS = ("dram only", "dram and disk", "disk only (recipe names)", "decode saved")
+
+
+@pytest.fixture(scope="module")
+def validated(
+    run_in_lmcache: RunInLMCache, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[LMCacheConfig, dict[str, Any]]]:
+    """Each scenario's configuration, and what LMCache's setter and ``validate()`` made of its
+    keys: all scenarios in one LMCache process (each one starting an interpreter that imports
+    LMCache costs seconds)."""
+    folder = tmp_path_factory.mktemp("scenarios")
+    configs = [
+        lmcache_config(settings_of(**scenarios(folder)[name]), HostShare(workers=2))
+        for name in SCENARIOS
+    ]
+    results = run_in_lmcache(VALIDATE, json.dumps([c.extra_config() for c in configs]))
+    return dict(zip(SCENARIOS, zip(configs, results, strict=True), strict=True))
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_lmcache_validates_every_key(
-    run_in_lmcache: RunInLMCache, tmp_path: Path, name: str
+    validated: dict[str, tuple[LMCacheConfig, dict[str, Any]]], name: str
 ) -> None:
-    config = lmcache_config(settings_of(**scenarios(tmp_path)[name]), HostShare(workers=2))
-    result = run_in_lmcache(VALIDATE, json.dumps(config.extra_config()))
+    config, result = validated[name]
     assert all(result["accepted"].values()), result["accepted"]
     assert result["values"] == config.config_keys()
 
