@@ -65,11 +65,13 @@ def test_doctor_json_validates_and_exits_zero_on_a_healthy_machine() -> None:
     assert data["status"] in ("ok", "info")
 
 
-def test_doctor_text_lists_checks_and_fixes() -> None:
-    result = doctor(env={"PYTHONHASHSEED": "random"})
+def test_doctor_text_lists_checks_and_fixes(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    result = doctor(env={"PYTHONHASHSEED": "0", "ATOM_TIER_NVME_PATH": str(missing)})
     assert result.returncode == 1
-    assert "ERROR hash-seed" in result.stdout
-    assert "fix: export PYTHONHASHSEED=0" in result.stdout
+    assert "ERROR nvme-path" in result.stdout
+    text = " ".join(result.stdout.split())  # undo the report's line wrapping
+    assert f"fix: mkdir -p {missing} (on the NVMe mount)" in text
     assert "Result: ERROR" in result.stdout
 
 
