@@ -50,10 +50,12 @@ class KvCacheDtype(str, Enum):
 
 
 class EvictionPolicy(str, Enum):
-    """Eviction policy of the DRAM tier (vLLM's offloading managers offer both)."""
+    """Eviction policy of the DRAM tier: vLLM's LRU and ARC, or atom-tier's sticky policy for
+    agentic sessions (``atom_tier.tiers.eviction``)."""
 
     LRU = "lru"
     ARC = "arc"
+    STICKY = "sticky"
 
 
 def allowed_values(field: FieldInfo) -> str:

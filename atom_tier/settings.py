@@ -145,7 +145,9 @@ class AtomTierSettings(_EnvSettings):
     eviction: EvictionPolicy = Field(
         EvictionPolicy.LRU,
         validation_alias=_env("EVICTION"),
-        description="Eviction policy of the DRAM tier: `lru` or `arc`.",
+        description="Eviction policy of the DRAM tier: `lru`, `arc`, or `sticky` (keeps a "
+        "stable set of returning sessions when the tier is smaller than what agentic users "
+        "cycle through; see docs/tuning.md).",
     )
     nvme_path: Path | None = Field(
         None,

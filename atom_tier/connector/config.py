@@ -19,9 +19,10 @@ from atom_tier.log import get_logger
 from atom_tier.names import SPEC_MODULE, SPEC_NAME
 from atom_tier.preflight.checks_connector import chunk_tokens_finding, connector_engine_finding
 from atom_tier.preflight.findings import Level
-from atom_tier.settings import AtomTierSettings
+from atom_tier.settings import AtomTierSettings, EvictionPolicy
 from atom_tier.sizing import device_share, dram_tier_bytes, human_size
 from atom_tier.tiers import nvme_secondary_tier_config, shared_secondary_tier_config
+from atom_tier.tiers.eviction import VLLM_POLICY_CLASS, VLLM_POLICY_MODULE
 from atom_tier.tiers.host import probe_devices_on_node, probe_dram_budget
 from atom_tier.tiers.model_identity import numerics_digest
 
@@ -77,6 +78,17 @@ def model_identity_entry(vllm_config: Any, settings: AtomTierSettings) -> dict[s
     }
 
 
+def eviction_entries(policy: EvictionPolicy) -> dict[str, str]:
+    """vLLM's keys for the DRAM tier's policy: a built-in name, or for ``sticky`` the class
+    vLLM's CachePolicyFactory imports from atom-tier (out of tree)."""
+    if policy is EvictionPolicy.STICKY:
+        return {
+            "eviction_policy": VLLM_POLICY_CLASS,
+            "cache_policy_module_path": VLLM_POLICY_MODULE,
+        }
+    return {"eviction_policy": policy.value}
+
+
 def secondary_tiers(
     settings: AtomTierSettings, model_identity: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -107,7 +119,7 @@ def atom_tier_extra_config(vllm_config: Any, settings: AtomTierSettings) -> dict
         "spec_name": SPEC_NAME,
         "spec_module_path": SPEC_MODULE,
         "cpu_bytes_to_use": dram,
-        "eviction_policy": settings.eviction.value,
+        **eviction_entries(settings.eviction),
         # vLLM's switch is the inverse of ours: prompt KV only unless save_decode is on.
         "offload_prompt_only": not settings.save_decode,
         "secondary_tiers": secondary_tiers(settings, model_identity_entry(vllm_config, settings)),

@@ -14,8 +14,10 @@ A request's use of a tier, in the order vLLM makes the calls:
   of the prompt first: vLLM's request-scoped recency update;
 * ``touch(keys)``: a plain use outside a request's accounting (the NVMe tier's reads).
 
-Adding a policy (S3-FIFO, session-aware, ...) is one subclass of :class:`CachePolicy` and one
-entry in :data:`POLICIES`.
+Adding a policy is one subclass of :class:`CachePolicy` and one entry in :data:`POLICIES`.
+Besides vLLM's two, the study of issue 19 (``bench/eviction_study.py``) compares S3-FIFO (a
+scan-resistant FIFO, simulated only) and atom-tier's own DRAM policy, whose code is the one
+vLLM runs (:mod:`atom_tier.tiers.eviction`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+
+from atom_tier.tiers.eviction import StickyCore
 
 Key = Hashable
 
@@ -218,16 +222,129 @@ class ArcPolicy(CachePolicy):
         return [key for key, _ in chosen]
 
 
+class S3FifoPolicy(CachePolicy):
+    """S3-FIFO (Yang et al., SOSP 2023): a small FIFO for new keys, a main FIFO for keys used
+    again, and a ghost FIFO of keys the small one dropped unused (stored again: straight into
+    main). Reuse is counted as vLLM reports it, once per request, capped at 3."""
+
+    name = "s3fifo"
+    small_share = 0.1
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.small_capacity = max(1, int(capacity * self.small_share))
+        self.small: OrderedDict[Key, None] = OrderedDict()
+        self.main: OrderedDict[Key, None] = OrderedDict()
+        self.ghost: OrderedDict[Key, None] = OrderedDict()
+        self.freq: dict[Key, int] = {}
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.freq
+
+    def __len__(self) -> int:
+        return len(self.freq)
+
+    def insert(self, key: Key) -> None:
+        self.freq[key] = 0
+        if key in self.ghost:
+            del self.ghost[key]
+            self.main[key] = None
+        else:
+            self.small[key] = None
+
+    def touch(self, keys: Sequence[Key]) -> None:
+        freq = self.freq
+        for key in keys:
+            if key in freq:
+                freq[key] = min(freq[key] + 1, 3)
+
+    def on_request_finished(
+        self, keys: Sequence[Key], insertion_only: Collection[Key], reused: Collection[Key]
+    ) -> None:
+        self.touch([key for key in keys if key in reused])
+
+    def evict(self, n: int, protected: Collection[Key]) -> list[Key] | None:
+        if n <= 0:
+            return []
+        freq = self.freq
+        if len(freq) - sum(1 for key in protected if key in freq) < n:
+            return None
+        victims: list[Key] = []
+        skipped: dict[int, list[Key]] = {0: [], 1: []}  # protected keys, per queue
+        while len(victims) < n:
+            from_small = bool(self.small) and (
+                len(self.small) >= self.small_capacity or not self.main
+            )
+            queue = self.small if from_small else self.main
+            key, _ = queue.popitem(last=False)
+            if key in protected:
+                skipped[int(from_small)].append(key)
+            elif freq[key] and from_small:
+                freq[key] = 0
+                self.main[key] = None
+            elif freq[key]:
+                freq[key] -= 1
+                self.main[key] = None
+            else:
+                victims.append(key)
+                del freq[key]
+                if from_small:
+                    self.ghost[key] = None
+                    if len(self.ghost) > self.capacity:
+                        self.ghost.popitem(last=False)
+        for index, queue in ((1, self.small), (0, self.main)):
+            for key in reversed(skipped[index]):
+                queue[key] = None
+                queue.move_to_end(key, last=False)
+        return victims
+
+
+class StickyPolicy(CachePolicy):
+    """atom-tier's sticky policy: the very code vLLM runs (:class:`StickyCore`)."""
+
+    name = "sticky"
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.core: StickyCore[Key] = StickyCore(capacity)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.core
+
+    def __len__(self) -> int:
+        return len(self.core)
+
+    def insert(self, key: Key) -> None:
+        self.core.insert(key)
+
+    def evict(self, n: int, protected: Collection[Key]) -> list[Key] | None:
+        return self.core.evict(n, protected)
+
+    def touch(self, keys: Sequence[Key]) -> None:
+        self.core.request_finished(keys, set(keys))
+
+    def on_store_miss(self, keys: Sequence[Key]) -> None:
+        self.core.store_miss(keys)
+
+    def on_request_finished(
+        self, keys: Sequence[Key], insertion_only: Collection[Key], reused: Collection[Key]
+    ) -> None:
+        self.core.request_finished(keys, reused)
+
+
 PolicyFactory = Callable[[int], CachePolicy]
-POLICIES: dict[str, PolicyFactory] = {"lru": LruPolicy, "arc": ArcPolicy}
+# The policies ATOM_TIER_EVICTION can select (the planner's --eviction accepts these).
+POLICIES: dict[str, PolicyFactory] = {"lru": LruPolicy, "arc": ArcPolicy, "sticky": StickyPolicy}
+# Simulated for the study only: no vLLM policy runs them.
+STUDY_POLICIES: dict[str, PolicyFactory] = {**POLICIES, "s3fifo": S3FifoPolicy}
 
 
 def make_policy(name: str, capacity: int) -> CachePolicy:
-    """The policy ``name`` (one of :data:`POLICIES`) holding ``capacity`` chunks."""
+    """The policy ``name`` (one of :data:`STUDY_POLICIES`) holding ``capacity`` chunks."""
     try:
-        factory = POLICIES[name]
+        factory = STUDY_POLICIES[name]
     except KeyError:
         raise ValueError(
-            f"unknown cache policy {name!r}: expected one of {', '.join(sorted(POLICIES))}"
+            f"unknown cache policy {name!r}: expected one of {', '.join(sorted(STUDY_POLICIES))}"
         ) from None
     return factory(capacity)
