@@ -6,6 +6,7 @@ enough that users evict each other's prefixes) and replays the same traces again
     A  vLLM prefix cache only (the KV pool plays the part of HBM)
     B  + atom-tier DRAM tier  (AtomTierConnector, ATOM_TIER_DRAM_GB)
     C  + DRAM + NVMe tier     (same DRAM size as B, ATOM_TIER_NVME_PATH on local disk)
+    S  B with atom-tier's sticky DRAM eviction (ATOM_TIER_EVICTION=sticky; only with --arms S)
 
 Every arm gets the same sessions in the same seeded order, the same scaling and the same
 duration; one table with the ratios (`atom-tier replay compare`'s, with this bench's probe
@@ -51,6 +52,7 @@ ARMS = {
     "A": "prefix cache only",
     "B": "+ DRAM tier",
     "C": "+ DRAM + NVMe",
+    "S": "+ DRAM tier, sticky eviction",
 }
 CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both"})
 SECTION = "## Three-arm replay"
@@ -70,6 +72,8 @@ GOALS = (
     ("median TTFT A ÷ C", ">= 3"),
     ("completed requests C ÷ A", ">= 2"),
     ("p95 TTFT C ÷ B", "<= 0.59"),
+    ("DRAM hit tokens S ÷ B", ">= 5"),  # issue 19, DRAM tier at ~1/3 of the working set
+    ("median TTFT S ÷ A", "<= 0.6"),
 )
 
 
@@ -111,9 +115,11 @@ def arm_server(arm: str, opts: argparse.Namespace, nvme_dir: Path) -> tuple[list
     args = ["--num-gpu-blocks-override", str(opts.kv_blocks),
             "--max-model-len", str(opts.max_model_len)]  # fmt: skip
     env = {"ATOM_TIER_CONNECTOR": "off"}
-    if arm in ("B", "C"):
+    if arm in ("B", "C", "S"):
         args += ["--kv-transfer-config", CONNECTOR]
         env = {"ATOM_TIER_CONNECTOR": "native", "ATOM_TIER_DRAM_GB": str(opts.dram_gb)}
+    if arm == "S":
+        env["ATOM_TIER_EVICTION"] = "sticky"
     if arm == "C":
         env.update({"ATOM_TIER_NVME_PATH": str(nvme_dir), "ATOM_TIER_NVME_GB": str(opts.nvme_gb)})
     return args, env
@@ -198,6 +204,11 @@ def _ratio(a: Any, b: Any) -> float | None:
     return None if x is None or y is None or y == 0 else x / y
 
 
+def _host_hits(result: dict[str, Any] | None) -> float | None:
+    """The DRAM tier's hit tokens of an arm (vLLM's "host" source), None if it did not run."""
+    return None if result is None else float(result["hit_tokens"].get("host", 0.0))
+
+
 def table(
     results: dict[str, dict[str, Any]], out: Path
 ) -> tuple[list[str], list[tuple[str, float | None]]]:
@@ -224,6 +235,11 @@ def table(
          _ratio(get("B", "requests_completed"), get("A", "requests_completed"))),
         ("p95 TTFT C ÷ A", _ratio(get("C", "ttft_p95_s"), get("A", "ttft_p95_s"))),
     ]  # fmt: skip
+    if "S" in run:  # sticky against LRU (issue 19)
+        goals += [
+            ("DRAM hit tokens S ÷ B", _ratio(_host_hits(run["S"]), _host_hits(run.get("B")))),
+            ("median TTFT S ÷ A", _ratio(get("S", "ttft_p50_s"), get("A", "ttft_p50_s"))),
+        ]
     return lines, goals
 
 
@@ -254,7 +270,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, Any]], traces:
     )
     pool = (
         f"KV pool {opts.kv_blocks} blocks × 128 tokens = {opts.kv_blocks * 128:,} tokens; "
-        f"DRAM tier {opts.dram_gb:g} GB (B and C); NVMe tier cap {opts.nvme_gb:g} GB (C)"
+        f"DRAM tier {opts.dram_gb:g} GB (B, C and S); NVMe tier cap {opts.nvme_gb:g} GB (C)"
     )
     load = (
         f"{opts.users} closed-loop users"
@@ -302,7 +318,7 @@ def write_docs(path: Path, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    arms = [a for a in "ABC" if a in opts.arms.upper()]
+    arms = [a for a in "ABCS" if a in opts.arms.upper()]
     try:
         traces = load_traces(opts.traces, limit=opts.limit_traces, seed=opts.seed)
     except ReplayInputError as error:
