@@ -31,12 +31,17 @@ shared-tier-server:
 		echo "sudo apt-get install redis-server (or put valkey-server on PATH)"; exit 1; \
 	fi
 
-test: $(STAMP) shared-tier-server
-	$(PY) -m pytest tests
+# pytest-xdist workers: one per core of this machine class (2). A test module runs on one
+# worker, and so do all the tests that start vLLM servers, one after another (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
-# Everything but the tests that start real vLLM servers (marked `server`): a few minutes.
+test: $(STAMP) shared-tier-server
+	$(PY) -m pytest $(XDIST) tests
+
+# Everything but the tests that start real vLLM servers (marked `server`): under 2 minutes.
 test-fast: $(STAMP) shared-tier-server
-	$(PY) -m pytest -m "not server" tests
+	$(PY) -m pytest $(XDIST) -m "not server" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

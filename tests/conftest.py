@@ -4,11 +4,19 @@ Servers are real `python -m vllm.entrypoints.openai.api_server` processes with a
 installed (its entry points load inside them). Each costs about a minute to start on a 2-core
 machine, so tests share them where they can: `cpu_server` for the whole session,
 `module_server_factory` per module, `server_factory` per test.
+
+`make test` and `make test-fast` run pytest-xdist workers with ``--dist loadgroup``: each test
+module is one group, run by one worker (its module-scoped fixtures are built once), and every
+test marked `server` is in one group, so servers start one after another as without xdist and
+`cpu_server` is started once. Session fixtures are per worker; `made_once` shares a directory
+between the workers of one run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +36,37 @@ from tests.valkey_fixtures import (  # noqa: F401 - fixtures for every test modu
 
 ServerFactory = Callable[..., CpuVllmServer]
 StoreFactory = Callable[..., NvmeChunkStore]
+
+
+SERVERS_GROUP = "vllm-servers"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The xdist groups (see the module docstring); without ``--dist loadgroup`` they are
+    inert marks."""
+    for item in items:
+        group = SERVERS_GROUP if item.get_closest_marker("server") else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]
+) -> Path:
+    """The directory ``name``, filled by ``make(directory)`` once per pytest run: under xdist
+    the first worker to get here makes it (the others wait on a lock) in the run's temporary
+    folder, which every worker's own folder sits in."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # what a failed make left
+            directory.mkdir()
+            make(directory)
+            done.touch()
+    return directory
 
 
 @pytest.hookimpl(wrapper=True)
@@ -99,7 +138,7 @@ def make_offloading_config(**overrides: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return made_once(tmp_path_factory, "tiny-model", build_tiny_model)
 
 
 class _Servers:

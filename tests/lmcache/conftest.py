@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 from lmcache_helpers import LMCACHE_VERSION, RunInLMCache, lmcache_env, make_fake_build
 
+from tests.conftest import made_once
+
 ADAPTER_DEPENDENCIES = ("sortedcontainers==2.4.0",)
 
 
-@pytest.fixture(scope="session")
-def lmcache_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real LMCache 0.5.6 PyPI wheel (the CUDA build), unpacked by pip."""
-    target = tmp_path_factory.mktemp("lmcache-wheel")
+def install_lmcache(target: Path) -> None:
     command = [
         sys.executable,
         "-m",
@@ -42,7 +41,12 @@ def lmcache_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, (
         f"pip could not fetch LMCache {LMCACHE_VERSION}:\n" + (result.stderr[-3000:])
     )
-    return target
+
+
+@pytest.fixture(scope="session")
+def lmcache_wheel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LMCache 0.5.6 PyPI wheel (the CUDA build), unpacked by pip (once per run)."""
+    return made_once(tmp_path_factory, "lmcache-wheel", install_lmcache)
 
 
 @pytest.fixture(scope="session")
