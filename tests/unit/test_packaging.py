@@ -33,7 +33,7 @@ def source_packages() -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -45,10 +45,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             str(ROOT),
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert result.returncode == 0, f"pip wheel {ROOT} failed:\n{result.stderr[-3000:]}"
     [built] = out.glob("atom_tier-*.whl")
     return built
 
