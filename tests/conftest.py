@@ -5,11 +5,10 @@ installed (its entry points load inside them). Each costs about a minute to star
 machine, so tests share them where they can: `cpu_server` for the whole session,
 `module_server_factory` per module, `server_factory` per test.
 
-`make test` and `make test-fast` run pytest-xdist workers with ``--dist loadgroup``: each test
-module is one group, run by one worker (its module-scoped fixtures are built once), and every
-test marked `server` is in one group, so servers start one after another as without xdist and
-`cpu_server` is started once. Session fixtures are per worker; `made_once` shares a directory
-between the workers of one run.
+`make test` and `make test-fast` run the tests that start no server on 2 pytest-xdist workers
+with ``--dist loadfile`` (a module's tests on one worker, so its module-scoped fixtures are
+built once); `make test` then runs the server tests in one process, one server after another.
+Session fixtures are per worker; `made_once` shares a directory between the workers of a run.
 """
 
 from __future__ import annotations
@@ -36,17 +35,6 @@ from tests.valkey_fixtures import (  # noqa: F401 - fixtures for every test modu
 
 ServerFactory = Callable[..., CpuVllmServer]
 StoreFactory = Callable[..., NvmeChunkStore]
-
-
-SERVERS_GROUP = "vllm-servers"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The xdist groups (see the module docstring); without ``--dist loadgroup`` they are
-    inert marks."""
-    for item in items:
-        group = SERVERS_GROUP if item.get_closest_marker("server") else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def made_once(
