@@ -42,8 +42,8 @@ test: $(STAMP) shared-tier-server
 	$(PY) -m pytest $(XDIST) -m "not server" tests
 	$(PY) -m pytest -m server tests
 
-# Everything but the tests that start real vLLM servers (marked `server`): under 2 minutes on
-# an idle 2-core machine (docs/benchmarks.md has the measured figures).
+# Everything but the tests that start real vLLM servers (marked `server`). The aim is under 2
+# minutes on an idle 2-core machine; docs/benchmarks.md has what was measured.
 test-fast: $(STAMP) shared-tier-server
 	$(PY) -m pytest $(XDIST) -m "not server" tests
 
