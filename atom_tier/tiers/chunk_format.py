@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import Protocol
 
 from atom_tier.sizing import NVME_ALIGNMENT
 
@@ -161,6 +162,38 @@ def decode_header(block: bytes | bytearray | memoryview) -> ChunkHeader:
     return ChunkHeader(version, namespace, key, payload_len, checksum, kind)
 
 
+def check_header(
+    header_block: bytes | bytearray | memoryview, *, namespace: bytes, key: bytes, payload_len: int
+) -> ChunkHeader:
+    """Decode a chunk's header and check it against what was asked for (before any payload
+    is read past it); raises ChunkFormatError."""
+    header = decode_header(header_block)
+    if header.namespace != namespace or header.key != key:
+        raise ChunkFormatError(CorruptionKind.KEY_MISMATCH, "chunk holds another key")
+    if header.payload_len != payload_len:
+        raise ChunkFormatError(
+            CorruptionKind.LENGTH_MISMATCH,
+            f"payload of {header.payload_len} bytes, expected {payload_len}",
+        )
+    if header.checksum_kind not in _CHECKSUMS:
+        raise ChunkFormatError(
+            CorruptionKind.FOREIGN_VERSION, f"checksum kind {header.checksum_kind} unavailable"
+        )
+    return header
+
+
+def check_payload(header: ChunkHeader, payload_read: int, checksum: int | None) -> None:
+    """Check what the payload read delivered against its (checked) header: ``payload_read``
+    bytes arrived, whose checksum is ``checksum`` (None when not computed: a short read is
+    refused before its checksum matters); raises ChunkFormatError."""
+    if payload_read < header.payload_len:
+        raise ChunkFormatError(
+            CorruptionKind.TRUNCATED, f"{payload_read} of {header.payload_len} payload bytes"
+        )
+    if checksum != header.checksum:
+        raise ChunkFormatError(CorruptionKind.CHECKSUM, "payload checksum mismatch")
+
+
 def verify_chunk(
     header_block: bytes | bytearray | memoryview,
     payload: memoryview,
@@ -174,25 +207,42 @@ def verify_chunk(
     ``payload`` is the caller's buffer (its length is the expected payload length) and
     ``payload_read`` how many payload bytes the file actually delivered.
     """
-    header = decode_header(header_block)
-    if header.namespace != namespace or header.key != key:
-        raise ChunkFormatError(CorruptionKind.KEY_MISMATCH, "chunk holds another key")
-    if header.payload_len != len(payload):
-        raise ChunkFormatError(
-            CorruptionKind.LENGTH_MISMATCH,
-            f"payload of {header.payload_len} bytes, expected {len(payload)}",
-        )
-    if payload_read < header.payload_len:
-        raise ChunkFormatError(
-            CorruptionKind.TRUNCATED, f"{payload_read} of {header.payload_len} payload bytes"
-        )
-    if header.checksum_kind not in _CHECKSUMS:
-        raise ChunkFormatError(
-            CorruptionKind.FOREIGN_VERSION, f"checksum kind {header.checksum_kind} unavailable"
-        )
-    if payload_checksum(payload, ChecksumKind(header.checksum_kind)) != header.checksum:
-        raise ChunkFormatError(CorruptionKind.CHECKSUM, "payload checksum mismatch")
+    header = check_header(header_block, namespace=namespace, key=key, payload_len=len(payload))
+    checksum = None
+    if payload_read >= header.payload_len:
+        checksum = payload_checksum(payload, ChecksumKind(header.checksum_kind))
+    check_payload(header, payload_read, checksum)
     return header
+
+
+class PayloadHasher(Protocol):
+    """A payload checksum computed piece by piece (same value as ``payload_checksum``)."""
+
+    def update(self, data: memoryview | bytes | bytearray, /) -> object: ...
+
+    def intdigest(self) -> int: ...
+
+
+class _Crc32Hasher:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: memoryview | bytes | bytearray, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def intdigest(self) -> int:
+        return self._value & 0xFFFFFFFF
+
+
+_HASHERS: dict[ChecksumKind, Callable[[], PayloadHasher]] = {ChecksumKind.CRC32: _Crc32Hasher}
+if _XXH3_64 is not None:
+    _HASHERS[ChecksumKind.XXH3_64] = xxhash.xxh3_64
+
+
+def payload_hasher(kind: ChecksumKind = DEFAULT_CHECKSUM) -> PayloadHasher:
+    """A hasher for a payload that arrives in pieces. XXH3's ``update`` releases the GIL for
+    pieces of 64 KiB and more (xxhash 4's ``_GIL_MINSIZE``), so it runs beside I/O threads."""
+    return _HASHERS[kind]()
 
 
 def chunk_digest(namespace: bytes, key: bytes) -> str:

@@ -5,7 +5,11 @@ One of the tier's two engines (:mod:`.engines` chooses; :mod:`.aiofile_engine` i
 ``direct``  O_DIRECT with aligned buffers. Page-aligned DRAM-tier slots are written from and
             read into directly (zero copy); anything unaligned goes through a bounce buffer
             from an mmap-backed aligned pool. The positional syscalls (``pwritev``/``preadv``)
-            release the GIL, so the store's I/O threads overlap them.
+            release the GIL, so the store's I/O threads overlap them. Every payload's
+            checksum is computed on the I/O thread's hash lane (:mod:`.hash_lane`) while
+            the I/O goes on: on write the body goes out while it is hashed and the header,
+            which holds the checksum, last; on read each piece is hashed while the next
+            one is read. Nothing is published or returned before its checksum is settled.
 ``aiofile`` Buffered I/O through aiofile (caio: io_uring, Linux AIO or threads, whichever
             works here), for filesystems that refuse O_DIRECT (overlayfs, some NFS).
 
@@ -24,20 +28,34 @@ import mmap
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, wait
 
 from atom_tier.tiers.chunk_format import (
     ALIGNMENT,
+    DEFAULT_CHECKSUM,
     HEADER_BLOCK,
+    ChecksumKind,
     ChunkFormatError,
+    ChunkHeader,
+    CorruptionKind,
     align_up,
+    check_header,
+    check_payload,
     encode_header,
-    payload_checksum,
 )
-from atom_tier.tiers.engines import ChunkEngine, ReadItem, WriteItem, verify_read
+from atom_tier.tiers.engines import ChunkEngine, ReadItem, WriteItem
+from atom_tier.tiers.hash_lane import HashLane, HashLanes
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # Linux moves at most this many bytes per read/write call.
 _MAX_IO = 0x7FFFF000
+# A payload is read in pieces of this size; each piece is hashed while the next is read, so
+# only the last piece's hash is not hidden behind I/O.
+READ_PIECE = 1 << 20
+# Payloads of this size and more are written body first and header (which holds the
+# checksum) last, so the body's write overlaps its own checksum; smaller ones were hashed
+# while the group's previous chunk was written and go out header and body in one write.
+HEADER_LAST_FROM = 1 << 20
 
 
 def buffer_address(view: memoryview) -> int | None:
@@ -128,93 +146,159 @@ def _cap(buffers: list[memoryview]) -> list[memoryview]:
 
 
 class DirectEngine(ChunkEngine):
-    """O_DIRECT with aligned buffers, positional syscalls (which release the GIL)."""
+    """O_DIRECT with aligned buffers, positional syscalls (which release the GIL), and each
+    payload's checksum computed on the I/O thread's hash lane while the I/O goes on."""
 
     name = "direct"
     o_direct = True
 
     def __init__(self) -> None:
         self.pool = AlignedPool()
+        self.lanes = HashLanes("atom_tier_nvme_hash")
 
     def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
+        lane = self.lanes.mine()
+        # Every checksum of the group is queued first: the lane hashes chunk k+1 while chunk
+        # k is written, and a large chunk's own body while it is written.
+        checksums = [lane.checksum_of(item[4].cast("B"), DEFAULT_CHECKSUM) for item in items]
         out: list[Exception | None] = []
-        for item in items:
-            try:
-                self._write_chunk(*item)
-                out.append(None)
-            except OSError as exc:
-                out.append(exc)
+        try:
+            for item, checksum in zip(items, checksums, strict=True):
+                try:
+                    self._write_chunk(*item, checksum)
+                    out.append(None)
+                except OSError as exc:
+                    out.append(exc)
+        finally:
+            wait(checksums)  # the lane reads the caller's buffers until then
         return out
 
     def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
-        out: list[Exception | None] = []
-        for item in items:
+        lane = self.lanes.mine()
+        out: list[Exception | None] = [None] * len(items)
+        started: list[tuple[int, _ReadChunk]] = []
+        try:
+            for index, item in enumerate(items):
+                try:
+                    started.append((index, self._read_chunk(lane, *item)))
+                except (OSError, ChunkFormatError) as exc:
+                    out[index] = exc
+        finally:
+            wait([chunk.checksum for _index, chunk in started if chunk.checksum is not None])
+        for index, chunk in started:
             try:
-                self._read_chunk(*item)
-                out.append(None)
-            except (OSError, ChunkFormatError) as exc:
-                out.append(exc)
+                chunk.check()
+            except ChunkFormatError as exc:
+                out[index] = exc
         return out
 
     def _write_chunk(
-        self, temp: str, final: str, namespace: bytes, key: bytes, payload: memoryview
+        self,
+        temp: str,
+        final: str,
+        namespace: bytes,
+        key: bytes,
+        payload: memoryview,
+        checksum: Future[int],
     ) -> None:
-        header = encode_header(namespace, key, payload.nbytes, payload_checksum(payload))
-        self._write_file(temp, header, payload)
-        os.rename(temp, final)
-
-    def _read_chunk(self, path: str, namespace: bytes, key: bytes, out: memoryview) -> None:
-        header = bytearray(HEADER_BLOCK)
-        got = self._read_file(path, memoryview(header), out)
-        verify_read(header, out, got, namespace, key)
-
-    def _write_file(self, path: str, header: bytes, payload: memoryview) -> None:
         head = self.pool.take(HEADER_BLOCK)
         bounce: mmap.mmap | None = None
         try:
-            head[:] = header
             body = payload.cast("B")
+            size = body.nbytes
             if not is_aligned(body):
-                bounce = self.pool.take(body.nbytes)
-                bounce[: body.nbytes] = body
-                bounce[body.nbytes :] = bytes(len(bounce) - body.nbytes)
+                bounce = self.pool.take(size)
+                bounce[:size] = body
+                bounce[size:] = bytes(len(bounce) - size)
                 body = memoryview(bounce)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_DIRECT | os.O_CLOEXEC)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_DIRECT | os.O_CLOEXEC)
             try:
-                pwrite_all(fd, [memoryview(head), body])
+                if size >= HEADER_LAST_FROM:  # body first, its checksum computed meanwhile
+                    pwrite_all(fd, [body], HEADER_BLOCK)
+                    head[:] = encode_header(namespace, key, size, checksum.result())
+                    pwrite_all(fd, [memoryview(head)], 0)
+                else:  # hashed while the group's previous chunk was written: one write
+                    head[:] = encode_header(namespace, key, size, checksum.result())
+                    pwrite_all(fd, [memoryview(head), body], 0)
             finally:
                 os.close(fd)
+            os.rename(temp, final)  # published only once header and body are on disk
         finally:
             self.pool.give(head)
             if bounce is not None:
                 self.pool.give(bounce)
 
-    def _read_file(self, path: str, header_out: memoryview, payload_out: memoryview) -> int:
+    def _read_chunk(
+        self, lane: HashLane, path: str, namespace: bytes, key: bytes, out: memoryview
+    ) -> _ReadChunk:
+        """Read a chunk piece by piece, each piece hashed on ``lane`` while the next is read;
+        header problems raise here, the payload's are found by ``_ReadChunk.check``."""
+        body = out.cast("B")
+        size = body.nbytes
         head = self.pool.take(HEADER_BLOCK)
-        body = payload_out.cast("B")
         bounce: mmap.mmap | None = None
+        chunk: _ReadChunk | None = None
         try:
             target = body
             if not is_aligned(body):
-                bounce = self.pool.take(body.nbytes)
+                bounce = self.pool.take(size)
                 target = memoryview(bounce)
             fd = os.open(path, os.O_RDONLY | O_DIRECT | os.O_CLOEXEC)
             try:
-                got = pread_into(fd, [memoryview(head), target])
+                asked = min(READ_PIECE, target.nbytes)
+                got = pread_into(fd, [memoryview(head), target[:asked]]) - HEADER_BLOCK
+                if got < 0:
+                    raise ChunkFormatError(CorruptionKind.TRUNCATED, "no whole header block")
+                header = check_header(
+                    memoryview(head), namespace=namespace, key=key, payload_len=size
+                )
+                lane.begin(ChecksumKind(header.checksum_kind))
+                chunk = _ReadChunk(header)
+                done = 0
+                while True:
+                    if got > 0 and done < size:
+                        end = min(done + got, size)
+                        if bounce is not None:
+                            body[done:end] = target[done:end]
+                        lane.feed(body[done:end])
+                    done += got
+                    if got < asked or done >= target.nbytes:
+                        break  # end of file, or all of it
+                    asked = min(READ_PIECE, target.nbytes - done)
+                    got = pread_into(fd, [target[done : done + asked]], HEADER_BLOCK + done)
+                chunk.payload_read = min(done, size)
             finally:
                 os.close(fd)
-            header_out[:HEADER_BLOCK] = head
-            payload_read = max(0, min(got - HEADER_BLOCK, body.nbytes))
-            if bounce is not None and payload_read:
-                body[:payload_read] = target[:payload_read]
-            return payload_read
+                if chunk is not None:
+                    chunk.checksum = lane.end()
+            return chunk
+        except BaseException:  # the lane may still be hashing the caller's buffer
+            if chunk is not None and chunk.checksum is not None:
+                wait([chunk.checksum])
+            raise
         finally:
             self.pool.give(head)
             if bounce is not None:
                 self.pool.give(bounce)
 
     def close(self) -> None:
+        self.lanes.close()
         self.pool.close()
+
+
+class _ReadChunk:
+    """A chunk read with a checked header, its payload checksum still being computed."""
+
+    def __init__(self, header: ChunkHeader) -> None:
+        self.header = header
+        self.payload_read = 0
+        self.checksum: Future[int] | None = None
+
+    def check(self) -> None:
+        """Raise ChunkFormatError unless the whole payload arrived with its checksum."""
+        assert self.checksum is not None  # set before the chunk leaves _read_chunk
+        complete = self.payload_read >= self.header.payload_len
+        check_payload(self.header, self.payload_read, self.checksum.result() if complete else None)
 
 
 def probe_o_direct(directory: str | os.PathLike[str]) -> bool:

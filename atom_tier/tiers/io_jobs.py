@@ -9,11 +9,12 @@ caller -> loop -> thread -> loop per job cost a quarter of small-chunk read thro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 _I = TypeVar("_I")
 _O = TypeVar("_O")
@@ -104,3 +105,33 @@ def submit_job(
             break
         task.add_done_callback(functools.partial(job.group_done, index))
     return future
+
+
+class JobsInFlight:
+    """The futures of submitted jobs not completed yet; ``drain`` waits for all of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[Future[Any]] = set()
+
+    def track(self, future: Future[_R]) -> Future[_R]:
+        """Count a job as in flight until it completes."""
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._untrack)  # at once when already done
+        return future
+
+    def _untrack(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def drain(self) -> None:
+        """Wait for every tracked job, including those submitted meanwhile."""
+        while True:
+            with self._lock:
+                pending = list(self._futures)
+            if not pending:
+                return
+            for future in pending:
+                with contextlib.suppress(Exception):
+                    future.result()

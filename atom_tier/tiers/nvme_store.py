@@ -19,10 +19,8 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
-import logging
 import os
 import threading
 import time
@@ -30,27 +28,21 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from atom_tier.log import get_logger
-from atom_tier.sizing import human_size
-from atom_tier.tiers.chunk_format import (
-    TEMP_SUFFIX,
-    ChunkFormatError,
-    chunk_digest,
-    chunk_relpath,
-    file_size_for,
-)
+from atom_tier.tiers.chunk_format import TEMP_SUFFIX, ChunkFormatError, chunk_digest, file_size_for
+from atom_tier.tiers.chunk_space import ChunkSpace
 from atom_tier.tiers.engines import ChunkEngine, make_engine
 from atom_tier.tiers.index import ChunkIndex, Victim
-from atom_tier.tiers.io_jobs import submit_job
+from atom_tier.tiers.io_jobs import JobsInFlight, submit_job
 from atom_tier.tiers.rebuild import (
     UseMarks,
     auto_capacity_bytes,
+    log_start,
     open_tier_dir,
     remove_quietly,
     scan_chunk_dir,
-    unlink_each,
 )
 from atom_tier.tiers.tier_stats import TierCounters, WriteReport, fault_kind
 
@@ -102,7 +94,6 @@ class NvmeChunkStore:
         auto_share: float = 1.0,
     ) -> None:
         self.root = Path(root)
-        self._root_str = str(self.root)
         self._auto_share = auto_share  # of the automatic cap (stores sharing a filesystem)
         self.namespace = namespace
         self._requested_capacity = capacity_bytes
@@ -118,9 +109,8 @@ class NvmeChunkStore:
         self._rebuild = (0.0, 0)
         self._lock_fd: int | None = None
         self._seq = itertools.count()
-        self._inflight: set[Future[Any]] = set()
-        self._inflight_lock = threading.Lock()
-        self._space = threading.Condition()  # notified whenever a chunk file is deleted
+        self._inflight = JobsInFlight()
+        self.space = ChunkSpace(self.root, self.index, self.counters)
         self._uses = UseMarks()
         self._executor = ThreadPoolExecutor(io_threads, thread_name_prefix="atom_tier_nvme")
         self._start_thread = threading.Thread(
@@ -147,26 +137,14 @@ class NvmeChunkStore:
         capacity = self._requested_capacity
         if capacity is None:
             capacity = auto_capacity_bytes(self.root, scan.total_bytes, self._auto_share)
-        self._unlink(self.index.set_capacity(capacity))
+        self.space.unlink(self.index.set_capacity(capacity))
         self.counters.add("temp_files_removed", scan.temp_removed)
         self.counters.add_many(
             {"corrupt_dropped": scan.truncated_removed, "corrupt_truncated": scan.truncated_removed}
         )
         self._rebuild = (scan.seconds, len(scan.chunks))
         chunks, used = self.index.published_stats()
-        summary = (
-            f"{len(scan.chunks)} chunks found ({chunks} kept, {human_size(used)}), "
-            f"{scan.temp_removed} temp and {scan.truncated_removed} truncated files removed"
-        )
-        # A zero cap rejects every store with no other trace: say so at warning level.
-        level, note = logging.INFO, ""
-        if capacity == 0:
-            level, note = logging.WARNING, " (every chunk will be rejected: see `atom-tier doctor`)"
-        logger.log(
-            level,
-            "NVMe tier at %s: %s I/O, cap %s%s; index rebuilt from disk in %.3f s: %s",
-            *(self.root, self.engine.name, human_size(capacity), note, scan.seconds, summary),
-        )
+        log_start(self.root, self.engine.name, capacity, scan, chunks, used)
         self._ready.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -214,14 +192,14 @@ class NvmeChunkStore:
                 report.rejected += 1
                 self.counters.add("stores_rejected")
                 continue
-            final = self._path(digest)
+            final = self.space.path(digest)
             temp = f"{final}.{os.getpid()}.{next(self._seq)}{TEMP_SUFFIX}"
             plans.append(_Plan(key, digest, payload, victims, temp, final))
         finish = functools.partial(self._finish_writes, report, time.monotonic())
         job = submit_job(
             self._executor, plans, lambda plan: plan.payload.nbytes, self._write_group, finish
         )
-        return self._track(job)
+        return self._inflight.track(job)
 
     def submit_reads(self, items: Sequence[tuple[bytes, memoryview]]) -> Future[list[bool]]:
         """Read chunks into the given buffers; per chunk True when it verified."""
@@ -235,7 +213,7 @@ class NvmeChunkStore:
         job = submit_job(
             self._executor, wanted, lambda chunk: chunk.out.nbytes, self._read_group, finish
         )
-        return self._track(job)
+        return self._inflight.track(job)
 
     # -- blocking helpers (tests, benchmarks) ---------------------------------------------
     def write(self, key: bytes, payload: memoryview | bytes) -> WriteReport:
@@ -246,14 +224,7 @@ class NvmeChunkStore:
 
     def drain(self) -> None:
         """Wait for every submitted write and read."""
-        while True:
-            with self._inflight_lock:
-                pending = list(self._inflight)
-            if not pending:
-                return
-            for future in pending:
-                with contextlib.suppress(Exception):
-                    future.result()
+        self._inflight.drain()
 
     def stats(self) -> dict[str, float]:
         out = self.counters.snapshot()
@@ -288,57 +259,6 @@ class NvmeChunkStore:
             self._lock_fd = None
 
     # -- jobs on the I/O threads ---------------------------------------------------------
-    def _track(self, future: Future[_R]) -> Future[_R]:
-        """Count a job as in flight until it completes (``drain`` waits for it)."""
-        with self._inflight_lock:
-            self._inflight.add(future)
-        future.add_done_callback(self._untrack)  # at once when already done
-        return future
-
-    def _untrack(self, future: Future[Any]) -> None:
-        with self._inflight_lock:
-            self._inflight.discard(future)
-
-    def _path(self, digest: str) -> str:
-        # String joins, not pathlib: this runs for every chunk on the I/O hot path.
-        return f"{self._root_str}/{chunk_relpath(digest)}"
-
-    def _unlink(self, victims: list[Victim], evicted: bool = True) -> None:
-        """Delete the files of chunks taken out of the index (on the calling thread)."""
-        if not victims:
-            return
-        if evicted:
-            self.counters.add_many(
-                {"evictions": len(victims), "evicted_bytes": sum(v.size for v in victims)}
-            )
-        errors = unlink_each([self._path(v.digest) for v in victims])
-        for victim, error in zip(victims, errors, strict=True):
-            if error is None or isinstance(error, FileNotFoundError):
-                self.index.deleted(victim)
-            else:  # the file may still be there: its bytes stay counted against the cap
-                self.index.delete_failed(victim)
-                self.counters.fault("delete", error, fault_kind(error, self._root_exists()))
-        with self._space:
-            self._space.notify_all()
-
-    def _root_exists(self) -> bool:
-        """Whether the tier's directory is still there. A stat that fails otherwise (EIO,
-        ESTALE on NFS) counts as there: the fault is then classified by its own errno."""
-        try:
-            return self.root.is_dir()
-        except OSError:
-            return True
-
-    def _claim(self, digest: str, deadline: float) -> bool:
-        """Wait (until ``deadline``) for the chunk to fit on disk next to everything there."""
-        with self._space:
-            while not self.index.claim(digest):
-                left = deadline - time.monotonic()
-                if self.index.pending_deletes == 0 or left <= 0:
-                    return False  # only undeletable files (or a stuck deletion) stand in the way
-                self._space.wait(left)
-        return True
-
     def _write_group(self, plans: list[_Plan]) -> list[tuple[_Plan, _WriteOutcome]]:
         """Per plan: None (written), an OSError, or False (no room: not written)."""
         outcomes: list[tuple[_Plan, _WriteOutcome]] = []
@@ -354,11 +274,11 @@ class NvmeChunkStore:
         return outcomes
 
     def _write_plans(self, plans: list[_Plan], outcomes: list[tuple[_Plan, _WriteOutcome]]) -> None:
-        self._unlink([victim for plan in plans for victim in plan.victims])
+        self.space.unlink([victim for plan in plans for victim in plan.victims])
         deadline = time.monotonic() + CLAIM_WAIT_S  # for the whole group
         ready = []
         for plan in plans:
-            if self._claim(plan.digest, deadline):
+            if self.space.claim(plan.digest, deadline):
                 ready.append(plan)
             else:
                 self.index.abort(plan.digest)
@@ -401,7 +321,7 @@ class NvmeChunkStore:
             report.seconds += time.monotonic() - started
         self.counters.add_many(report.counter_increments())
         if fault is not None:
-            self.counters.fault("write", fault, fault_kind(fault, self._root_exists()))
+            self.counters.fault("write", fault, fault_kind(fault, self.space.root_exists()))
         elif report.written:
             self.counters.write_succeeded()
         return report
@@ -409,7 +329,7 @@ class NvmeChunkStore:
     def _read_group(self, chunks: list[_Wanted]) -> list[tuple[_Wanted, str | None]]:
         """Per chunk its path when it verified, else None (the chunk is dropped here)."""
         assert self.engine is not None  # pins exist only once the tier is ready
-        paths = [self._path(c.digest) for c in chunks]
+        paths = [self.space.path(c.digest) for c in chunks]
         try:
             errors = self.engine.read_chunks(
                 [(paths[i], self.namespace, c.key, c.out) for i, c in enumerate(chunks)]
@@ -425,15 +345,15 @@ class NvmeChunkStore:
             if isinstance(error, ChunkFormatError):
                 self.counters.corrupt(error.kind)
                 logger.warning("NVMe tier: dropped chunk %s (%s)", path, error)
-            elif isinstance(error, FileNotFoundError) and self._root_exists():
+            elif isinstance(error, FileNotFoundError) and self.space.root_exists():
                 self.counters.add("vanished")  # deleted behind our back: a plain miss
             else:
                 assert isinstance(error, OSError)
-                self.counters.fault("read", error, fault_kind(error, self._root_exists()))
+                self.counters.fault("read", error, fault_kind(error, self.space.root_exists()))
             self.counters.add("read_failures")
             victim = self.index.remove(chunk.digest)
             if victim is not None:
-                self._unlink([victim], evicted=False)
+                self.space.unlink([victim], evicted=False)
         return outcomes
 
     def _finish_reads(

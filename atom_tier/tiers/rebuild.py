@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -18,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atom_tier.sizing import auto_capacity
+from atom_tier.log import get_logger
+from atom_tier.sizing import auto_capacity, human_size
 from atom_tier.tiers.chunk_format import (
     ALIGNMENT,
     CHUNK_SUFFIX,
@@ -27,6 +29,8 @@ from atom_tier.tiers.chunk_format import (
     is_chunk_name,
 )
 
+# The start line is the store's (operators filter on its logger name).
+logger = get_logger("atom_tier.tiers.nvme_store")
 # Reads mark chunks used by setting their mtime (the LRU order after a restart), batched.
 USE_FLUSH_DELAY_S = 2.0
 
@@ -138,6 +142,25 @@ def scan_chunk_dir(root: Path) -> ScanResult:
     result.chunks.sort()
     result.seconds = time.monotonic() - start
     return result
+
+
+def log_start(
+    root: Path, engine: str, capacity: int, scan: ScanResult, kept: int, kept_bytes: int
+) -> None:
+    """One line on the tier's start: engine, cap, and what the rebuild found and removed."""
+    summary = (
+        f"{len(scan.chunks)} chunks found ({kept} kept, {human_size(kept_bytes)}), "
+        f"{scan.temp_removed} temp and {scan.truncated_removed} truncated files removed"
+    )
+    # A zero cap rejects every store with no other trace: say so at warning level.
+    level, note = logging.INFO, ""
+    if capacity == 0:
+        level, note = logging.WARNING, " (every chunk will be rejected: see `atom-tier doctor`)"
+    logger.log(
+        level,
+        "NVMe tier at %s: %s I/O, cap %s%s; index rebuilt from disk in %.3f s: %s",
+        *(root, engine, human_size(capacity), note, scan.seconds, summary),
+    )
 
 
 def auto_capacity_bytes(path: Path, tier_bytes_on_disk: int, share: float = 1.0) -> int:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from atom_tier.tiers import chunk_space
 from atom_tier.tiers import direct_engine as aio
-from atom_tier.tiers import nvme_store
 from atom_tier.tiers.chunk_format import chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from tests.tiers.conftest import StoreFactory, disk_usage, engines, payload_for
@@ -151,7 +151,7 @@ def test_a_failing_unlink_and_an_unreadable_root_still_end_the_write_cleanly_sim
         return [OSError(errno.EIO, "Input/output error (injected)") for _ in paths]
 
     monkeypatch.setattr(Path, "is_dir", stale_is_dir)
-    monkeypatch.setattr(nvme_store, "unlink_each", failing_unlink_each)
+    monkeypatch.setattr(chunk_space, "unlink_each", failing_unlink_each)
     report = store.write(b"c", payload_for(b"c", CHUNK))
     assert report.rejected == 1 and report.written == 0  # "a" could not make room
     stats = store.stats()

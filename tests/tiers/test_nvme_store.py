@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from atom_tier.sizing import GIB, auto_capacity
-from atom_tier.tiers import nvme_store
+from atom_tier.tiers import chunk_space, nvme_store
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, chunk_relpath, file_size_for
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from atom_tier.tiers.rebuild import auto_capacity_bytes
@@ -233,7 +233,7 @@ def test_a_rewrite_waiting_on_a_stuck_unlink_is_rejected_not_hung(
     I/O thread. Once the unlink is done, the key is written and read back."""
     monkeypatch.setattr(nvme_store, "CLAIM_WAIT_S", 0.3)
     release = threading.Event()
-    real_unlink_each = nvme_store.unlink_each
+    real_unlink_each = chunk_space.unlink_each
 
     def held_unlink_each(paths: list[str]) -> list[OSError | None]:
         assert release.wait(30), "the test never released the unlink"
@@ -243,7 +243,7 @@ def test_a_rewrite_waiting_on_a_stuck_unlink_is_rejected_not_hung(
     key = b"rewritten"
     store.write(key, payload_for(key, CHUNK))
     _flip_payload(_path(store, key))
-    monkeypatch.setattr(nvme_store, "unlink_each", held_unlink_each)
+    monkeypatch.setattr(chunk_space, "unlink_each", held_unlink_each)
     read = store.submit_reads([(key, memoryview(bytearray(CHUNK)))])
     deadline = time.monotonic() + 30
     while store.lookup(key) and time.monotonic() < deadline:  # the drop has begun
