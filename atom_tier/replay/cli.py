@@ -80,15 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--period", type=float, default=10.0, help="assessment period, s")
     parser.add_argument(
         "--think-scale",
+        "--time-scale",
+        dest="think_scale",
         type=float,
         default=1.0,
-        help="multiply recorded think times (0.1 = ten times faster users)",
+        help="multiply recorded think times (0.1 = ten times faster users); "
+        "--time-scale is kv-cache-tester's name for it",
     )
     parser.add_argument(
         "--max-think",
         type=float,
         default=60.0,
-        help="cap on one think time after scaling, s (negative: no cap)",
+        help="cap on one think time after scaling, s (negative: no cap); kv-cache-tester "
+        "caps before scaling: its --max-delay D --time-scale S is --max-think D*S here",
     )
     parser.add_argument(
         "--token-scale",
@@ -100,8 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-context",
         type=int,
-        help="longest request (prompt + output tokens after scaling); longer "
-        "ones end their session (default: the server's max_model_len)",
+        help="longest prompt (input tokens after scaling): a session ends before its first "
+        "longer request, as in kv-cache-tester; outputs are shortened to fit the server's "
+        "max_model_len (default: the server's max_model_len)",
+    )
+    parser.add_argument(
+        "--warm-prefix-pct",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="as kv-cache-tester's: every conversation starts with one canonical prefix "
+        "shared by all, this share (0-1) of the largest tool_tokens + system_tokens among "
+        "the traces; 0 turns it off",
     )
     parser.add_argument(
         "--max-output-tokens",
@@ -191,13 +205,16 @@ async def replay_against(
         lengths = [i.max_model_len for i in (info, *others) if i.max_model_len is not None]
         if options.max_context is None and lengths:
             options = ReplayOptions(**{**vars(options), "max_context": min(lengths)})
+        model_len = min(lengths) if lengths else None
         mapper = TokenMapper(
             vocab_size=vocab,
             token_scale=token_scale,
             seed=options.seed,
             max_output_tokens=max_output_tokens,
         )
-        replay = Replay(clients, info, mapper, sessions, options, on_progress)
+        replay = Replay(
+            clients, info, mapper, sessions, options, on_progress, max_model_len=model_len
+        )
         return await replay.run()
 
 
@@ -217,6 +234,7 @@ def _options(args: argparse.Namespace) -> ReplayOptions:
         max_context=args.max_context,
         label=args.label,
         routing=args.routing,
+        warm_prefix_pct=args.warm_prefix_pct,
     )
 
 

@@ -88,6 +88,7 @@ def summary(result: ReplayResult) -> dict[str, Any]:
         "sessions_finished": result.sessions_finished,
         "sessions_truncated": result.sessions_truncated,
         "sessions_skipped": result.sessions_skipped,
+        "warm_prefix_tokens": result.warm_prefix_tokens,
         "max_users_reached": max((p.users for p in result.periods), default=0),
         "cache_metrics_available": cache.available,
         "hit_tokens": _hit_tokens(cache),
@@ -106,7 +107,8 @@ def format_table(result: ReplayResult) -> str:
     s = summary(result)
     lines = [
         f"Replay '{s['label']}' against {s['server']} (model {s['model']}), "
-        f"{s['elapsed_s']:.0f} s, token scale {s['token_scale']:g}",
+        f"{s['elapsed_s']:.0f} s, token scale {s['token_scale']:g}, "
+        f"warm prefix {s['warm_prefix_tokens']:,} tokens",
         f"  requests completed      {s['requests_completed']}",
         f"  requests failed         {s['requests_failed']}",
         f"  sessions                started {s['sessions_started']}, finished "

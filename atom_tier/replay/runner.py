@@ -22,7 +22,7 @@ from atom_tier.replay.client import Completion, ReplayClient, ServerInfo
 from atom_tier.replay.metrics import CacheCounters, sum_counters
 from atom_tier.replay.routing import ROUTING_MODES, Router
 from atom_tier.replay.scheduler import RampController, SessionQueue, percentile, scaled_think
-from atom_tier.replay.tokens import TokenMapper
+from atom_tier.replay.tokens import TokenMapper, warm_prefix_trace_tokens
 from atom_tier.replay.traces import ReplayInputError, Session
 
 # Consecutive failed requests after which the run stops: the server is down or rejects
@@ -47,6 +47,9 @@ class ReplayOptions:
     max_context: int | None = None
     label: str = "replay"
     routing: str = "round-robin"
+    # kv-cache-tester's --warm-prefix-pct: share of the largest tool + system prefix that
+    # every conversation starts with (same tokens in all of them); 0 turns it off.
+    warm_prefix_pct: float = 0.5
 
     def validate(self) -> None:
         if self.duration <= 0:
@@ -59,6 +62,10 @@ class ReplayOptions:
             raise ReplayInputError(f"max think must not be negative, got {self.max_think}")
         if self.max_context is not None and self.max_context < 2:
             raise ReplayInputError(f"max context must be at least 2, got {self.max_context}")
+        if not 0 <= self.warm_prefix_pct <= 1:
+            raise ReplayInputError(
+                f"warm prefix share must be in [0, 1], got {self.warm_prefix_pct}"
+            )
         if self.routing not in ROUTING_MODES:
             raise ReplayInputError(
                 f"routing must be one of {', '.join(ROUTING_MODES)}, got {self.routing!r}"
@@ -134,6 +141,7 @@ class ReplayResult:
     sessions_truncated: int = 0
     sessions_skipped: int = 0
     routing: str = "round-robin"
+    warm_prefix_tokens: int = 0  # after scaling
     # Every endpoint's base URL, in the order given, and its own counters over the run.
     endpoints: list[str] = field(default_factory=list)
     endpoint_cache: dict[str, CacheCounters] = field(default_factory=dict)
@@ -150,6 +158,7 @@ class Replay:
     """One run against one server or several; ``await run()`` returns the result.
 
     ``server`` describes the first of ``clients``; all of them serve the same model.
+    ``max_model_len`` (default: the server's) bounds prompt + output of one request.
     """
 
     def __init__(
@@ -160,8 +169,11 @@ class Replay:
         sessions: Sequence[Session],
         options: ReplayOptions,
         on_progress: ProgressCallback | None = None,
+        *,
+        max_model_len: int | None = None,
     ) -> None:
         options.validate()
+        self.model_len = max_model_len if max_model_len is not None else server.max_model_len
         self.clients = (clients,) if isinstance(clients, ReplayClient) else tuple(clients)
         urls = [c.base_url for c in self.clients]
         self.router = Router(options.routing, urls, seed=options.seed)
@@ -185,6 +197,9 @@ class Replay:
                 f"every session's first request is longer than the max context "
                 f"({options.max_context} tokens); lower --token-scale or raise --max-context"
             )
+        # As kv-cache-tester: the largest prefix among the traces that are replayed.
+        mapper.use_warm_prefix(warm_prefix_trace_tokens(fitting, options.warm_prefix_pct))
+        self.result.warm_prefix_tokens = mapper.warm_prefix_tokens
         self.queue = SessionQueue(fitting, seed=options.seed, recycle=options.recycle)
         self._t0 = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,11 +208,18 @@ class Replay:
         self._fatal: str | None = None
 
     def _fits(self, session: Session, index: int) -> bool:
-        """kv-cache-tester's max-context rule: a request must fit with its output."""
-        if self.options.max_context is None:
-            return True
-        shape = self.mapper.shape(session, index)
-        return shape.input_tokens + shape.output_tokens <= self.options.max_context
+        """kv-cache-tester's max-context rule: a session ends before its first request whose
+        input is longer than the max context (the prompt is never cut). The server's length
+        must also leave room for one output token."""
+        tokens = self.mapper.shape(session, index).input_tokens
+        if self.options.max_context is not None and tokens > self.options.max_context:
+            return False
+        return self.model_len is None or tokens < self.model_len
+
+    def _output_tokens(self, input_tokens: int, wanted: int) -> int:
+        """The recorded output, shortened where prompt + output would pass the server's
+        length (kv-cache-tester would send it and get an error back)."""
+        return wanted if self.model_len is None else min(wanted, self.model_len - input_tokens)
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
@@ -223,9 +245,8 @@ class Replay:
                 prompt = self.mapper.prompt(session, index, cycle=cycle)
                 client = self.clients[self.router.pick(session, cycle)]
                 start = self._now()
-                answer = await client.complete(
-                    self.result.server.model, prompt, shape.output_tokens
-                )
+                output = self._output_tokens(len(prompt), shape.output_tokens)
+                answer = await client.complete(self.result.server.model, prompt, output)
                 self._record(user, session, cycle, index, start, len(prompt), answer, client)
             else:
                 self.result.sessions_finished += 1

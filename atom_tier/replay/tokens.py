@@ -9,13 +9,21 @@ block (unique to that request: the trace records no id for a partial block).
 64-token trace block becomes 2 tokens and a 100K-token context about 3K tokens, with the same
 sharing structure. ``cycle`` separates a session replayed again after recycling: it is a new
 conversation of the same shape, not a repeat of the old one's content.
+
+The warm prefix models what kv-cache-tester's ``--warm-prefix-pct`` does: real agentic traffic
+shares its tool definitions and system prompt across conversations, while the traces' block
+ids are scoped to one conversation. Every session's first ``warm_prefix_tokens`` tokens are one
+canonical token sequence shared by all sessions and cycles; a later request keeps it as long as
+it still starts with the blocks it replaced (a compaction that drops them drops it too).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from atom_tier.replay.traces import ReplayInputError, Session, TraceRequest
@@ -38,6 +46,15 @@ class PromptShape:
     @property
     def input_tokens(self) -> int:
         return max(1, self.blocks * self.block_tokens + self.tail_tokens)
+
+
+def warm_prefix_trace_tokens(sessions: Sequence[Session], share: float) -> int:
+    """kv-cache-tester's warm prefix length in trace tokens: ``share`` of the largest
+    ``tool_tokens + system_tokens`` among the traces (sub-agents' own entries not counted)."""
+    if not 0 <= share <= 1:
+        raise ReplayInputError(f"warm prefix share must be in [0, 1], got {share}")
+    largest = max((s.prefix_tokens for s in sessions if not s.is_subagent), default=0)
+    return int(share * largest)
 
 
 def check_scaling(token_scale: float, max_output_tokens: int | None) -> None:
@@ -72,6 +89,16 @@ class TokenMapper:
         self.low_id = vocab_size // _LOW_ID_FRACTION
         self._span = vocab_size - self.low_id
         self._blocks: OrderedDict[tuple[str, int, int, int], tuple[int, ...]] = OrderedDict()
+        self.warm_prefix_tokens = 0
+        self._canonical: tuple[int, ...] = ()
+
+    def use_warm_prefix(self, trace_tokens: int) -> None:
+        """Start every session with a canonical prefix of ``trace_tokens`` (before scaling;
+        0 turns it off). The sequence depends on the seed only: all sessions share it."""
+        if trace_tokens < 0:
+            raise ReplayInputError(f"warm prefix must not be negative, got {trace_tokens}")
+        self.warm_prefix_tokens = round(trace_tokens * self.token_scale)
+        self._canonical = self._draw(f"canonical|{self.seed}".encode(), self.warm_prefix_tokens)
 
     def block_tokens(self, block_size: int) -> int:
         """Tokens per trace block after scaling (at least one)."""
@@ -112,6 +139,18 @@ class TokenMapper:
             self._blocks.popitem(last=False)
         return tokens
 
+    def keeps_warm_prefix(self, session: Session, index: int) -> bool:
+        """Whether request ``index`` still starts with the blocks the canonical prefix replaced
+        in the session's first request (always true for the first request itself)."""
+        if not self.warm_prefix_tokens:
+            return False
+        first = session.requests[0].hash_ids
+        spanned = min(
+            len(first), math.ceil(self.warm_prefix_tokens / self.block_tokens(session.block_size))
+        )
+        ids = session.requests[index].hash_ids
+        return len(ids) >= spanned and all(ids[j] == first[j] for j in range(spanned))
+
     def prompt(self, session: Session, index: int, *, cycle: int = 0) -> list[int]:
         """Token ids of request ``index`` of ``session`` (replay ``cycle`` of that session)."""
         shape = self.shape(session, index)
@@ -123,4 +162,7 @@ class TokenMapper:
         if tail:
             key = f"tail|{self.seed}|{session.session_id}|{cycle}|{index}".encode()
             tokens.extend(self._draw(key, tail))
+        if self.keeps_warm_prefix(session, index):
+            shared = min(len(tokens), self.warm_prefix_tokens)
+            tokens[:shared] = self._canonical[:shared]
         return tokens

@@ -52,6 +52,9 @@ class Session:
     block_size: int
     requests: tuple[TraceRequest, ...]
     source: str
+    # The trace's (or the sub-agent entry's) ``tool_tokens + system_tokens``: the length of
+    # the tool definitions and system prompt at the start of the conversation.
+    prefix_tokens: int = 0
 
     @property
     def is_subagent(self) -> bool:
@@ -86,6 +89,16 @@ class TraceSet:
     @property
     def request_count(self) -> int:
         return sum(len(s.requests) for s in self.sessions)
+
+
+def prefix_tokens_of(entry: dict[str, Any], where: str) -> int:
+    """``tool_tokens + system_tokens`` of a trace or sub-agent entry (0 when absent)."""
+    total = 0
+    for key in ("tool_tokens", "system_tokens"):
+        value = entry.get(key)
+        if value is not None:
+            total += int(_number(value, key, where, integer=True))
+    return total
 
 
 def trace_files(folder: Path) -> list[Path]:
@@ -159,13 +172,14 @@ def _flatten(
     scope: str,
     block_size: int,
     source: str,
+    prefix_tokens: int,
     out: list[Session],
 ) -> None:
     """Append the session ``session_id`` and, after it, each nested sub-agent's session."""
     if not isinstance(entries, list):
         raise ReplayInputError(f"{source}: 'requests' of {session_id} must be a list")
     own: list[TraceRequest] = []
-    children: list[tuple[str, Any]] = []
+    children: list[tuple[str, Any, int]] = []
     for index, entry in enumerate(entries):
         where = f"{source}: request {index} of {session_id}"
         if not isinstance(entry, dict):
@@ -174,12 +188,15 @@ def _flatten(
             name = str(entry.get("agent_id") or f"subagent_{len(children) + 1}")
             if "requests" not in entry:
                 raise ReplayInputError(f"{where}: sub-agent entry has no 'requests'")
-            children.append((f"{session_id}/{name}", entry["requests"]))
+            prefix = prefix_tokens_of(entry, where)
+            children.append((f"{session_id}/{name}", entry["requests"], prefix))
         else:
             own.append(parse_request(entry, where))
     if own:
-        out.append(Session(session_id, trace_id, scope, block_size, tuple(own), source))
-    for child_id, child_entries in children:
+        out.append(
+            Session(session_id, trace_id, scope, block_size, tuple(own), source, prefix_tokens)
+        )
+    for child_id, child_entries, child_prefix in children:
         _flatten(
             child_entries,
             session_id=child_id,
@@ -187,6 +204,7 @@ def _flatten(
             scope=scope,
             block_size=block_size,
             source=source,
+            prefix_tokens=child_prefix,
             out=out,
         )
 
@@ -210,6 +228,7 @@ def sessions_of(data: dict[str, Any], source: str) -> list[Session]:
         scope=scope,
         block_size=block_size,
         source=source,
+        prefix_tokens=prefix_tokens_of(data, f"trace file {source}"),
         out=sessions,
     )
     return sessions

@@ -4,7 +4,8 @@ The replay client speaks plain HTTP, so routing across several endpoints is test
 real HTTP servers on 127.0.0.1 that start in milliseconds, where two CPU vLLM servers would
 take minutes. Each one records every prompt it was sent and counts, on ``/metrics`` under
 vLLM's metric names, the leading tokens a prompt shared with an earlier prompt *it* saw (a
-prefix cache private to the replica) and the rest as computed.
+prefix cache private to the replica) and the rest as computed. Like vLLM it answers 400 to a
+request whose prompt plus ``max_tokens`` is longer than its ``max_model_len``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class StandInReplica:
         self.model = model
         self.max_model_len = max_model_len
         self.prompts: list[list[int]] = []
+        # The body of every completion request it answered (prompt included).
+        self.bodies: list[dict[str, Any]] = []
         self.cached_tokens = 0
         self.computed_tokens = 0
         self._lock = threading.Lock()
@@ -106,8 +109,21 @@ class StandInReplica:
                     error = {"error": {"message": f"model {request.get('model')} not served"}}
                     self._send(404, json.dumps(error).encode(), "application/json")
                     return
-                prompt_tokens = replica._serve(list(request["prompt"]))
                 tokens = int(request["max_tokens"])
+                if len(request["prompt"]) + tokens > replica.max_model_len:
+                    message = (
+                        f"This model's maximum context length is {replica.max_model_len} "
+                        f"tokens. However, you requested {len(request['prompt']) + tokens}."
+                    )
+                    self._send(
+                        400,
+                        json.dumps({"error": {"message": message}}).encode(),
+                        "application/json",
+                    )
+                    return
+                with replica._lock:
+                    replica.bodies.append(request)
+                prompt_tokens = replica._serve(list(request["prompt"]))
                 events = [{"choices": [{"index": 0, "text": "x"}]} for _ in range(tokens)]
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}
                 events.append({"choices": [], "usage": usage})
