@@ -90,6 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--think-scale", type=float, default=0.05)
     parser.add_argument("--max-think", type=float, default=20.0)
     parser.add_argument("--max-output-tokens", type=int, default=32)
+    parser.add_argument(
+        "--warm-prefix-pct",
+        type=float,
+        default=0.5,
+        help="shared prefix of every conversation, as kv-cache-tester's (0: none, as before)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kv-blocks", type=int, default=72, help="KV pool, 128-token blocks")
     parser.add_argument("--max-model-len", type=int, default=8192)
@@ -158,6 +164,7 @@ def run_arm(
         recycle=True,
         seed=opts.seed,
         label=f"arm {arm}: {ARMS[arm]}",
+        warm_prefix_pct=opts.warm_prefix_pct,
     )
     print(f"\n== arm {arm} ({ARMS[arm]}): server {' '.join(args)} env {env}", flush=True)
     server = CpuVllmServer(model_dir, workdir=workdir, args=args, env=env, name=f"arm-{arm}")
@@ -266,7 +273,8 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, Any]], traces:
         f"token scale {opts.token_scale:g} (a 100K-token context becomes "
         f"{100_000 * opts.token_scale:,.0f} tokens), think times × {opts.think_scale:g} capped "
         f"at {opts.max_think:g} s, output ≤ {opts.max_output_tokens} tokens, "
-        f"max model len {opts.max_model_len}"
+        f"max model len {opts.max_model_len}, warm prefix {opts.warm_prefix_pct:g} of the "
+        "largest tool + system tokens (kv-cache-tester's --warm-prefix-pct)"
     )
     pool = (
         f"KV pool {opts.kv_blocks} blocks × 128 tokens = {opts.kv_blocks * 128:,} tokens; "
