@@ -27,6 +27,7 @@ import csv
 import datetime
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -77,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", default="ABC")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--out", type=Path, default=REPO / "out" / "kvct-compare")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no servers: rebuild --out's report from its results.json and saved client files",
+    )
     return parser.parse_args(argv)
 
 
@@ -98,8 +104,26 @@ def kvct_command(
     ]  # fmt: skip
 
 
+def client_pauses(log: Path) -> list[tuple[float, float]]:
+    """Spans (epoch s) in which kv-cache-tester built a text pool. It builds its tool-result pool
+    on first use, inside its event loop, mid-run: no response is read until it is done, so the
+    TTFT of every request waiting meanwhile includes the pause."""
+    spans: list[tuple[float, float]] = []
+    start = None
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if line.startswith("[") and ("Pre-generating" in line or "pool ready" in line):
+            stamp = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if "Pre-generating" in line:
+                start = stamp
+            elif start is not None:
+                spans.append((start, stamp))
+                start = None
+    return spans
+
+
 def kvct_figures(out: Path, duration: float) -> dict[str, Any]:
-    """TTFT and counts from kv-cache-tester's detailed_results.csv and user_lifecycle.csv."""
+    """TTFT and counts from kv-cache-tester's detailed_results.csv and user_lifecycle.csv, and
+    the TTFT of the requests that did not wait through one of its pauses (its kvct.log)."""
     path = out / "detailed_results.csv"
     if not path.exists():
         return {"error": f"no {path}"}
@@ -109,6 +133,13 @@ def kvct_figures(out: Path, duration: float) -> dict[str, Any]:
     inside = [r for r in rows if float(r["request_complete_time"]) - t0 <= duration]
     done = [r for r in inside if r["success"] == "True"]
     ttfts = [float(r["ttft"]) for r in done]
+    pauses = [(a, b) for a, b in client_pauses(out.parent / "kvct.log") if b > t0]
+
+    def waited(r: dict[str, str]) -> bool:
+        sent = float(r["request_start_time"])
+        return any(sent < b and sent + float(r["ttft"]) > a for a, b in pauses)
+
+    clear = [float(r["ttft"]) for r in done if not waited(r)]
     events: dict[str, int] = {}
     lifecycle = out / "user_lifecycle.csv"
     if lifecycle.exists():
@@ -125,6 +156,10 @@ def kvct_figures(out: Path, duration: float) -> dict[str, Any]:
         "output_tokens_avg": sum(int(r["output_tokens_actual"]) for r in done) / max(1, len(done)),
         "sessions_finished": events.get("completed", 0),
         "sessions_truncated": events.get("truncated", 0),
+        "client_pause_s": sum(b - max(a, t0) for a, b in pauses),
+        "requests_in_pause": len(done) - len(clear),
+        "ttft_p50_clear_s": percentile(clear, 50),
+        "ttft_p95_clear_s": percentile(clear, 95),
     }
 
 
@@ -187,11 +222,18 @@ def _kvct(
     out = workdir / "kvct-results"
     command = kvct_command(opts, url, paths["traces"], out, paths["model"])
     env = {**os.environ, "PYTHONPATH": opts.kvct_pythonpath}
+    # The server is a child too but still running: only the finished client is in this delta.
+    cpu_before = _children_cpu()
     with (workdir / "kvct.log").open("wb") as log:
         code = subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                               timeout=opts.duration + 240).returncode  # fmt: skip
-    figures = kvct_figures(out, opts.duration)
+    figures = {**kvct_figures(out, opts.duration), "client_cpu_s": _children_cpu() - cpu_before}
     return figures if code == 0 else {**figures, "error": f"exit {code}, see {workdir}/kvct.log"}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _atom(opts: argparse.Namespace, url: str, paths: dict[str, Path], warm: bool) -> dict[str, Any]:
@@ -201,6 +243,7 @@ def _atom(opts: argparse.Namespace, url: str, paths: dict[str, Path], warm: bool
         max_context=opts.max_context, warm_prefix_pct=opts.warm_prefix_pct if warm else 0.0,
     )  # fmt: skip
     sessions = load_traces(paths["traces"]).sessions
+    cpu_before = time.process_time()  # this process runs the replay, the server is a child
     try:
         result = asyncio.run(replay_against(url, sessions, options, token_scale=1.0,
                                             max_output_tokens=opts.max_output_tokens))  # fmt: skip
@@ -211,7 +254,8 @@ def _atom(opts: argparse.Namespace, url: str, paths: dict[str, Path], warm: bool
     keys = ("requests_completed", "requests_failed", "ttft_p50_s", "ttft_p95_s", "ttft_avg_s",
             "sessions_finished", "sessions_truncated", "warm_prefix_tokens")  # fmt: skip
     average = sum(r.output_tokens for r in done) / max(1, len(done))
-    return {**{k: s[k] for k in keys}, "output_tokens_avg": average}
+    cpu = time.process_time() - cpu_before
+    return {**{k: s[k] for k in keys}, "output_tokens_avg": average, "client_cpu_s": cpu}
 
 
 ROWS = (
@@ -220,12 +264,16 @@ ROWS = (
     ("TTFT p50 (ms)", "ttft_p50_s", "ms"),
     ("TTFT p95 (ms)", "ttft_p95_s", "ms"),
     ("TTFT avg (ms)", "ttft_avg_s", "ms"),
+    ("kvct: its text-pool pause in the run (s)", "client_pause_s", "{:.1f}"),
+    ("kvct: requests waiting through it", "requests_in_pause", "{:,.0f}"),
+    ("kvct: TTFT p50 / p95 of the others (ms)", "ttft_clear", "clear"),
     ("hit rate (server)", "hit_rate", "{:.1%}"),
     ("hit tokens device / host / disk", "hit_tokens", "tiers"),
     ("prefilled tokens", "computed_tokens", "{:,.0f}"),
     ("prompt tokens per request (server)", "prompt_tokens_per_request", "{:,.0f}"),
     ("output tokens per request", "output_tokens_avg", "{:.1f}"),
     ("sessions finished / truncated", "sessions", "sessions"),
+    ("client CPU time (s, whole run)", "client_cpu_s", "{:.1f}"),
     ("load average (1 min, 2 CPUs)", "load_average", "{:.1f}"),
 )
 
@@ -236,6 +284,10 @@ def _cell(r: dict[str, Any], key: str, form: str) -> str:
     if form == "tiers":
         h = r.get("hit_tokens", {})
         return " / ".join(f"{h.get(t, 0):,.0f}" for t in ("device", "host", "disk"))
+    if form == "clear":
+        p50, p95 = r.get("ttft_p50_clear_s"), r.get("ttft_p95_clear_s")
+        ok = isinstance(p50, float) and isinstance(p95, float)
+        return f"{p50 * 1000:,.0f} / {p95 * 1000:,.0f}" if ok else "-"
     if form == "sessions":
         return f"{r.get('sessions_finished', 0)} / {r.get('sessions_truncated', 0)}"
     value = r.get(key)
@@ -250,7 +302,12 @@ def _ratio(results: dict[str, dict[str, Any]], a: str, b: str, key: str) -> str:
     return f"{x / y:.2f}" if ok else "-"
 
 
-def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]]]) -> str:
+def report(
+    opts: argparse.Namespace,
+    results: dict[str, dict[str, dict[str, Any]]],
+    preamble: list[str] | None = None,
+) -> str:
+    """The tables under ``preamble`` (default: this run's date, machine and command)."""
     clients = [c for c in CLIENTS if c in results]
     arms = [a for a in "ABC" if any(a in results[c] for c in clients)]
     head = [f"{c}: {a}" for a in arms for c in clients]
@@ -261,6 +318,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
     lines += ["", "| ratio | " + " | ".join(clients) + " |", "|---" * (len(clients) + 1) + "|"]
     ratios = (
         ("median TTFT A ÷ C", "A", "C", "ttft_p50_s"),
+        ("median TTFT A ÷ C, kvct without the requests in its pause", "A", "C", "ttft_p50_clear_s"),
         ("median TTFT A ÷ B", "A", "B", "ttft_p50_s"),
         ("p95 TTFT C ÷ B", "C", "B", "ttft_p95_s"),
         ("completed requests C ÷ A", "C", "A", "requests_completed"),
@@ -269,16 +327,35 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
         lines.append(
             f"| {name} | " + " | ".join(_ratio(results[c], a, b, key) for c in clients) + " |"
         )
-    command = " ".join(
-        shlex.quote(x) for x in [".venv/bin/python", "bench/kvct_compare.py", *sys.argv[1:]]
-    )
-    ended = f"{datetime.datetime.now().astimezone():%H:%M %Z}"
-    header = f"Run {opts.started} to {ended} on {machine()}."
-    return "\n".join([header, "", "```", command, "```", "", *lines])
+    if preamble is None:
+        command = " ".join(
+            shlex.quote(x) for x in [".venv/bin/python", "bench/kvct_compare.py", *sys.argv[1:]]
+        )
+        ended = f"{datetime.datetime.now().astimezone():%H:%M %Z}"
+        preamble = [f"Run {opts.started} to {ended} on {machine()}.", "", "```", command, "```", ""]
+    return "\n".join([*preamble, *lines])
+
+
+def report_again(opts: argparse.Namespace) -> str:
+    """--report-only: the last run's tables again from its results.json and the clients' saved
+    files (kv-cache-tester's figures recomputed), under that run's own date and command."""
+    results = json.loads((opts.out / "results.json").read_text())
+    for arm, figures in results.get("kvct", {}).items():
+        again = kvct_figures(opts.out / f"{arm}-kvct" / "kvct-results", opts.duration)
+        if "error" not in again:
+            figures.update(again)
+    (opts.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    preamble = (opts.out / "report.md").read_text().splitlines()[:6]
+    return report(opts, results, preamble)
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.report_only:
+        body = report_again(opts)
+        (opts.out / "report.md").write_text(body + "\n")
+        print(body)
+        return 0
     opts.started = f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
     opts.out.mkdir(parents=True, exist_ok=True)
     bench = build_bench_model(opts.out / f"bench-model-h{opts.hidden}-l{opts.layers}",
