@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--arms", default="ABC")
     parser.add_argument("--clients", default=",".join(CLIENTS))
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "kvct-compare")
+    # Outside the checkout: it holds copies of the traces, which never go into the repository.
+    parser.add_argument("--out", type=Path, default=Path("/tmp/atom-tier-kvct-compare"))
     parser.add_argument(
         "--report-only",
         action="store_true",
