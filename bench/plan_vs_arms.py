@@ -107,6 +107,7 @@ def predict(
         max_requests=requests,
         recycle=True,
         seed=opts.seed,
+        warm_prefix_pct=opts.warm_prefix_pct,
     )
     chunk = opts.chunk_tokens
     workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)

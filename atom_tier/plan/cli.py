@@ -54,7 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--block-tokens", type=int, default=16, help="vLLM's KV block size")
     load = parser.add_argument_group("workload (the replay's options)")
     load.add_argument("--users", type=int, default=4, help="closed-loop users")
-    load.add_argument("--max-context", type=int, help="longest request, tokens")
+    load.add_argument("--max-context", type=int, help="longest prompt (input tokens), tokens")
+    load.add_argument(
+        "--warm-prefix-pct",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="the replay's (and kv-cache-tester's) canonical prefix shared by every "
+        "conversation: this share (0-1) of the largest tool + system tokens; 0 turns it off",
+    )
     load.add_argument("--token-scale", type=float, default=1.0)
     load.add_argument("--think-scale", type=float, default=1.0)
     load.add_argument("--max-think", type=float, default=60.0, help="negative: no cap")
@@ -152,6 +160,7 @@ def _plan(args: argparse.Namespace) -> int:
         max_requests=args.requests,
         recycle=args.recycle,
         seed=args.seed,
+        warm_prefix_pct=args.warm_prefix_pct,
     )
     from atom_tier.plan.workload import build_workload
     from atom_tier.replay.traces import load_traces

@@ -4,10 +4,13 @@ Users are closed loops in virtual time, as in :mod:`atom_tier.replay.runner`: a 
 next session of the replay's seeded order (:class:`~atom_tier.replay.scheduler.SessionQueue`),
 sends its requests one after another, waits the scaled and capped recorded think time
 (:func:`~atom_tier.replay.scheduler.scaled_think`) before each, and ends a session at the first
-request longer than the max context (kv-cache-tester's rule, the replay's ``_fits``). Sub-agents
-are sessions of their own. The only timing the planner adds is how long a request takes:
-``request_s`` seconds, the same for every request (0 by default: think times alone set the
-order). Lengths are the replay's (:meth:`~atom_tier.replay.tokens.TokenMapper.shape`).
+request whose input is longer than the max context (kv-cache-tester's rule, the replay's
+``_fits``; the output does not count). Sub-agents are sessions of their own. Every session
+starts with the replay's warm prefix (kv-cache-tester's ``--warm-prefix-pct``): the chunks it
+fills have one key in every session, as the canonical tokens are the same in every prompt.
+The only timing the planner adds is how long a request takes: ``request_s`` seconds, the same
+for every request (0 by default: think times alone set the order). Lengths are the replay's
+(:meth:`~atom_tier.replay.tokens.TokenMapper.shape`).
 
 Keys: a trace block id stands for ``block_tokens`` tokens; a chunk of ``chunk_tokens`` tokens is
 the same content wherever the ids up to its end are the same (within one trace scope and one
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from atom_tier.replay.scheduler import SessionQueue, scaled_think
-from atom_tier.replay.tokens import TokenMapper
+from atom_tier.replay.tokens import TokenMapper, warm_prefix_trace_tokens
 from atom_tier.replay.traces import ReplayInputError, Session
 
 # Any vocabulary gives the same lengths; the planner never builds token ids.
@@ -49,6 +52,7 @@ class WorkloadOptions:
     max_requests: int | None = None
     recycle: bool = False
     seed: int = 0
+    warm_prefix_pct: float = 0.5
 
     def validate(self) -> None:
         if self.users < 1:
@@ -61,6 +65,10 @@ class WorkloadOptions:
             raise ReplayInputError(f"max context must be at least 2, got {self.max_context}")
         if self.recycle and self.duration is None and self.max_requests is None:
             raise ReplayInputError("recycling needs a duration or a request count to stop")
+        if not 0 <= self.warm_prefix_pct <= 1:
+            raise ReplayInputError(
+                f"warm prefix share must be in [0, 1], got {self.warm_prefix_pct}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,8 +200,7 @@ def build_workload(
     def fits(session: Session, index: int) -> bool:
         if options.max_context is None:
             return True
-        shape = mapper.shape(session, index)
-        return shape.input_tokens + shape.output_tokens <= options.max_context
+        return mapper.shape(session, index).input_tokens <= options.max_context
 
     fitting = [s for s in sessions if fits(s, 0)]
     if not fitting:
@@ -201,6 +208,12 @@ def build_workload(
             f"every session's first request is longer than the max context "
             f"({options.max_context} tokens): lower the token scale or raise the max context"
         )
+    mapper.use_warm_prefix(warm_prefix_trace_tokens(fitting, options.warm_prefix_pct))
+    # Chunks wholly inside the warm prefix hold the same tokens in every session that keeps it.
+    warm_keys = [
+        hash(("warm-prefix", options.seed, index))
+        for index in range(mapper.warm_prefix_tokens // chunk_tokens)
+    ]
     queue = SessionQueue(fitting, seed=options.seed, recycle=options.recycle)
     id_tokens = {mapper.block_tokens(s.block_size) for s in fitting}
     if len(id_tokens) != 1:
@@ -236,6 +249,9 @@ def build_workload(
         shape = mapper.shape(session, index)
         request = session.requests[index]
         chain, chunks, covered, partial, own = builder.keys(session, cycle, request.hash_ids)
+        if warm_keys and mapper.keeps_warm_prefix(session, index):
+            shared = min(len(warm_keys), chunks)
+            chain = warm_keys[:shared] + chain[shared:]  # a copy: the builder reuses its list
         requests.append(
             PlannedRequest(
                 serial=len(requests),

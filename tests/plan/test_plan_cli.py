@@ -56,6 +56,7 @@ def test_sweep_writes_table_json_and_png(
         (["--nvme-gb", "-1"], "--nvme-gb '-1'"),
         (["--eviction", "fifo"], "--eviction 'fifo'"),
         (["--hold-s", "-1"], "--hold-s must not be negative"),
+        (["--warm-prefix-pct", "2"], "warm prefix share must be in [0, 1], got 2"),
     ],
 )
 def test_bad_input_is_one_clear_error(
