@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 HIT_METRIC = "vllm:prompt_tokens_cached_by_source"
 SOURCE_METRIC = "vllm:prompt_tokens_by_source"
 COMPUTED_SOURCE = "local_compute"
+# Requests the server holds (gauges): a replay reads its final counters once these are 0.
+BUSY_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 # Display order of the tiers vLLM knows; others a server reports are appended by name.
 KNOWN_TIERS = ("device", "host", "disk", "p2p", "external_unspecified")
 
@@ -67,6 +69,7 @@ class CacheCounters:
     hits: Mapping[str, float] = field(default_factory=dict)
     computed: float = 0.0
     available: bool = False
+    busy: float = 0.0  # requests running or waiting on the server at this moment
 
     @classmethod
     def from_text(cls, text: str) -> CacheCounters:
@@ -77,6 +80,7 @@ class CacheCounters:
             hits=hits,
             computed=sources.get(COMPUTED_SOURCE, 0.0),
             available=bool(hits) or bool(sources),
+            busy=sum(s.value for s in samples if s.name in BUSY_METRICS),
         )
 
     def minus(self, earlier: CacheCounters) -> CacheCounters:
@@ -104,6 +108,7 @@ def sum_counters(snapshots: Sequence[CacheCounters]) -> CacheCounters:
         hits=hits,
         computed=sum(s.computed for s in snapshots),
         available=bool(snapshots) and all(s.available for s in snapshots),
+        busy=sum(s.busy for s in snapshots),
     )
 
 

@@ -11,7 +11,8 @@ import importlib.util
 from pathlib import Path
 
 from atom_tier.replay.metrics import tier_order
-from atom_tier.replay.runner import ReplayResult, spread
+from atom_tier.replay.runner import ReplayResult
+from atom_tier.replay.scheduler import spread
 
 TTFT_PNG = "ttft_over_time.png"
 HITS_PNG = "hit_tokens_by_tier.png"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from atom_tier.replay.metrics import CacheCounters, tier_order
-from atom_tier.replay.runner import PeriodRecord, ReplayResult, Snapshot, spread
-from atom_tier.replay.scheduler import percentile
+from atom_tier.replay.runner import PeriodRecord, ReplayResult, Snapshot
+from atom_tier.replay.scheduler import percentile, spread
 
 REQUESTS_CSV = "requests.csv"
 PERIODS_CSV = "periods.csv"

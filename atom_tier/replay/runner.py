@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from atom_tier.replay.client import Completion, ReplayClient, ServerInfo
 from atom_tier.replay.metrics import CacheCounters, sum_counters
 from atom_tier.replay.routing import ROUTING_MODES, Router
-from atom_tier.replay.scheduler import RampController, SessionQueue, percentile, scaled_think
+from atom_tier.replay.scheduler import RampController, SessionQueue, scaled_think
 from atom_tier.replay.tokens import TokenMapper, warm_prefix_trace_tokens
 from atom_tier.replay.traces import ReplayInputError, Session
 
@@ -29,6 +29,10 @@ from atom_tier.replay.traces import ReplayInputError, Session
 # everything, and more requests would only repeat the same error.
 MAX_CONSECUTIVE_FAILURES = 20
 TICK_SECONDS = 1.0
+# How long the final counters wait for the servers to let go of the requests cut off at the
+# deadline: a request the server had queued when its client left can still be scheduled, and
+# its cache hits counted, before the server sees the disconnect.
+SETTLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,16 @@ class Replay:
         """Each endpoint's counters now, in endpoint order."""
         return list(await asyncio.gather(*(c.cache_counters() for c in self.clients)))
 
+    async def _settled_counters(self) -> list[CacheCounters]:
+        """The counters once no server holds a request (at most ``SETTLE_SECONDS``; a server
+        other clients keep busy is read when that time is up)."""
+        deadline = time.perf_counter() + SETTLE_SECONDS
+        counters = await self._counters()
+        while any(c.busy for c in counters) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.2)
+            counters = await self._counters()
+        return counters
+
     async def run(self) -> ReplayResult:
         options = self.options
         baselines = await self._counters()
@@ -365,7 +379,7 @@ class Replay:
         end = min(self._now(), options.duration)
         self.result.elapsed = end
         # Requests cut off by the deadline never get recorded (their task was cancelled).
-        finals = await self._counters()
+        finals = await self._settled_counters()
         counters = sum_counters(finals)
         if end > period_start:
             self._close_period(period_start, end + 1e-9, last_counters, counters)
@@ -379,16 +393,3 @@ class Replay:
         if self._fatal is not None:
             raise ReplayInputError(self._fatal)
         return self.result
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """(avg, p50, p95, max) of ``values``; NaNs when empty."""
-    if not values:
-        nan = float("nan")
-        return nan, nan, nan, nan
-    return (
-        sum(values) / len(values),
-        percentile(values, 50),
-        percentile(values, 95),
-        max(values),
-    )

@@ -128,3 +128,16 @@ class RampController:
         if grow:
             self.users = min(self.max_users, self.users + self.step)
         return self.users
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """(avg, p50, p95, max) of ``values``; NaNs when empty."""
+    if not values:
+        nan = float("nan")
+        return nan, nan, nan, nan
+    return (
+        sum(values) / len(values),
+        percentile(values, 50),
+        percentile(values, 95),
+        max(values),
+    )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from atom_tier.replay.metrics import KNOWN_TIERS, CacheCounters, parse_prometheus, tier_order
+from atom_tier.replay.metrics import (
+    KNOWN_TIERS,
+    CacheCounters,
+    parse_prometheus,
+    sum_counters,
+    tier_order,
+)
 
 # The shape of vLLM 0.32's exposition (seen on the CPU server): `_total` counters with
 # `_created` companions, two engines, comments and a histogram line.
@@ -57,3 +63,16 @@ def test_a_server_without_vllm_counters_is_not_available() -> None:
 
 def test_tier_order_is_fixed_then_extra_by_name() -> None:
     assert tier_order(["zeta", "host", "alpha"]) == [*KNOWN_TIERS, "alpha", "zeta"]
+
+
+def test_requests_the_servers_hold_are_counted_as_busy() -> None:
+    # vLLM's gauges of running and waiting requests; the replay reads its final counters once
+    # they are 0 on every server.
+    gauges = (
+        'vllm:num_requests_running{engine="0",model_name="tiny"} 2.0\n'
+        'vllm:num_requests_waiting{engine="0",model_name="tiny"} 1.0\n'
+    )
+    busy = CacheCounters.from_text(EXPOSITION + gauges)
+    assert busy.busy == 3.0
+    assert CacheCounters.from_text(EXPOSITION).busy == 0.0
+    assert sum_counters([busy, busy]).busy == 6.0
