@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from atom_tier.log import get_logger
 from atom_tier.tiers.breaker import BreakerState, CircuitBreaker
 from atom_tier.tiers.chunk_format import ChunkFormatError, CorruptionKind
-from atom_tier.tiers.io_jobs import submit_job
+from atom_tier.tiers.io_jobs import JobsInFlight, submit_job
 from atom_tier.tiers.shared_client import (
     ServerFacts,
     ServerFull,
@@ -117,8 +117,7 @@ class SharedChunkStore:
         self._ready = threading.Event()
         self._start_lock = threading.Lock()
         self._starting = True
-        self._inflight: set[Future[Any]] = set()
-        self._inflight_lock = threading.Lock()
+        self._inflight = JobsInFlight()
         self.client = client_factory(target, timeout_s, max_connections=io_threads + 2)
         self._executor = ThreadPoolExecutor(io_threads, thread_name_prefix="atom_tier_shared")
         self._start = self._executor.submit(self._start_up)
@@ -232,7 +231,7 @@ class SharedChunkStore:
         job = submit_job(
             self._executor, list(items), lambda item: item[1].nbytes, self._write_group, finish
         )
-        return self._track(job)
+        return self._inflight.track(job)
 
     def _write_group(
         self, items: list[tuple[bytes, memoryview]]
@@ -293,7 +292,7 @@ class SharedChunkStore:
         job = submit_job(
             self._executor, indexed, lambda item: item[2].nbytes, self._read_group, finish
         )
-        return self._track(job)
+        return self._inflight.track(job)
 
     def _read_group(self, items: list[tuple[int, bytes, memoryview]]) -> list[tuple[int, int]]:
         """(position, bytes loaded) of each chunk that verified into its buffer."""
@@ -344,25 +343,9 @@ class SharedChunkStore:
         return results
 
     # -- housekeeping ----------------------------------------------------------------------
-    def _track(self, future: Future[_R]) -> Future[_R]:
-        with self._inflight_lock:
-            self._inflight.add(future)
-        future.add_done_callback(self._untrack)
-        return future
-
-    def _untrack(self, future: Future[Any]) -> None:
-        with self._inflight_lock:
-            self._inflight.discard(future)
-
     def drain(self) -> None:
         """Wait for every submitted store and load."""
-        while True:
-            with self._inflight_lock:
-                pending = list(self._inflight)
-            if not pending:
-                return
-            for future in pending:
-                future.exception()
+        self._inflight.drain()
 
     def stats(self) -> dict[str, float]:
         out = self.counters.snapshot()
