@@ -22,7 +22,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from atom_tier.devtools.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
+from atom_tier.devtools.tiny_model import SPECIAL_TOKENS, fast_tokenizer
 from atom_tier.replay.traces import pick_files, read_trace_file, trace_files
 
 MARKER = "atom-tier-kvct-bpe.json"
@@ -99,7 +99,7 @@ def build_bpe_model(bench_model: Path, out_dir: Path, kvct_dir: Path, vocab: int
         return out_dir
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -110,14 +110,7 @@ def build_bpe_model(bench_model: Path, out_dir: Path, kvct_dir: Path, vocab: int
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(_training_text(kvct_dir), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<|endoftext|>",
-        bos_token=None,
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    fast = fast_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(str(bench_model), dtype=torch.bfloat16)
     model.resize_token_embeddings(len(fast))
     model.config.eos_token_id = fast.eos_token_id

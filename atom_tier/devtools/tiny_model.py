@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 WORDS = 500
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
@@ -48,12 +49,11 @@ def words(count: int, *, start: int = 0) -> str:
     return " ".join(f"w{(start + i * 7) % WORDS}" for i in range(count))
 
 
-def _write_tokenizer(out_dir: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def fast_tokenizer(tokenizer: Any) -> Any:
+    """A `tokenizers.Tokenizer` as the transformers tokenizer the test models ship: their
+    special tokens and chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",
@@ -62,7 +62,15 @@ def _write_tokenizer(out_dir: Path) -> None:
         bos_token=None,
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def _write_tokenizer(out_dir: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast_tokenizer(tokenizer).save_pretrained(str(out_dir))
 
 
 def _write_model(out_dir: Path, seed: int, shape: ModelShape) -> None:

@@ -28,9 +28,13 @@ def test_a_server_serves_dram_hits_with_the_sticky_policy(
     assert "primary tier (StickyCachePolicy," in log  # vLLM's TieringOffloadingSpec
     prompt = tokens(1, 600)
     cold = run(server, prompt)
+    native_hit = run(server, prompt)  # from vLLM's own prefix cache, before the eviction
     for seed in range(100, 104):
         run(server, tokens(seed, 600))  # 4 x 5 blocks through a 12-block cache
     hits_before = server.metric_sum("vllm:kv_offload_tiering_chunk_hits", **DRAM)
     warm = run(server, prompt)
     assert server.metric_sum("vllm:kv_offload_tiering_chunk_hits", **DRAM) - hits_before == 2
     assert warm["text"] == cold["text"]
+    # Same cached prefix, same tokens computed after it: the reload from DRAM is byte-exact
+    # (the greedy text of a tiny random model alone could match with wrong KV).
+    assert warm["logprobs"]["token_logprobs"] == native_hit["logprobs"]["token_logprobs"]
