@@ -198,6 +198,14 @@ class AtomTierSettings(_EnvSettings):
         validation_alias=_env("SHARED_TIMEOUT_S"),
         description="Timeout of one shared-tier operation; a timeout opens the circuit breaker.",
     )
+    shared_lookup_budget_ms: float = Field(
+        2.0,
+        ge=0,
+        validation_alias=_env("SHARED_LOOKUP_BUDGET_MS"),
+        description="Scheduler time per step the shared tier may spend asking the server "
+        "whether a new prompt's first chunk is there (a miss then costs no deferred step); "
+        "0: every shared-tier lookup is answered in the background, one step later.",
+    )
     chunk_tokens: int = Field(
         256,
         gt=0,

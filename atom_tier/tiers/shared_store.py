@@ -47,6 +47,10 @@ SHARED_COUNTER_NAMES = (
     "lookup_batches",
     "lookup_seconds",
     "lookups_skipped",
+    "probes",
+    "probe_misses",
+    "probe_seconds",
+    "probes_unanswered",
     "reads",
     "read_bytes",
     "read_seconds",
@@ -119,6 +123,8 @@ class SharedChunkStore:
         self._starting = True
         self._inflight = JobsInFlight()
         self.client = client_factory(target, timeout_s, max_connections=io_threads + 2)
+        self._client_factory = client_factory
+        self._probe_client: SharedClient | None = None  # the scheduler thread's, made on use
         self._executor = ThreadPoolExecutor(io_threads, thread_name_prefix="atom_tier_shared")
         self._start = self._executor.submit(self._start_up)
 
@@ -221,6 +227,29 @@ class SharedChunkStore:
                 "misses": len(keys) - hits,
                 "lookup_seconds": time.monotonic() - start,
             }
+        )
+        return found
+
+    def probe(self, key: bytes, timeout_s: float) -> bool | None:
+        """Whether the server holds ``key``, asked on the caller's thread over a connection of
+        its own that waits at most ``timeout_s``; None when it cannot say that fast. A slow
+        probe is no failure of the tier: the breaker is left to the other calls."""
+        if self.breaker.state is not BreakerState.CLOSED or not self._ready.is_set():
+            return None
+        start = time.monotonic()
+        try:
+            if self._probe_client is None:
+                self._probe_client = self._client_factory(self.target, timeout_s, max_connections=1)
+            found = self._probe_client.exists([self.redis_key(key)])[0]
+        except SharedUnavailable:
+            self.counters.add("probes_unanswered")
+            return None
+        except Exception as error:  # a cluster client connects (and can fail) in its constructor
+            self.counters.add("probes_unanswered")
+            logger.debug("Shared tier: no probe connection: %s", type(error).__name__)
+            return None
+        self.counters.add_many(
+            {"probes": 1, "probe_misses": int(not found), "probe_seconds": time.monotonic() - start}
         )
         return found
 
@@ -361,3 +390,5 @@ class SharedChunkStore:
         self.drain()
         self._executor.shutdown(wait=True)
         self.client.close()
+        if self._probe_client is not None:
+            self._probe_client.close()

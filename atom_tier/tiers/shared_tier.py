@@ -5,9 +5,13 @@ vLLM's tier factory imports this class from the ``secondary_tiers`` entry that
 secret: vLLM logs its configuration, so the URL (with its password) and the signing secret are
 read from atom-tier's settings here, in the engine core, and only ever printed redacted.
 
-Lookups never wait on the network on the scheduler thread: vLLM's ``AsyncLookupManager``
-collects a step's keys, one background thread checks them (pipelined, per request, stopping at
-the first hole) while the model runs, and the scheduler sees RETRY until the answer is in.
+Lookups wait on the network on the scheduler thread only within a small budget per step
+(``ATOM_TIER_SHARED_LOOKUP_BUDGET_MS``): a request's first chunk that reaches this tier is
+probed there, and when the server does not hold it the answer is MISS at once (a prefix cannot
+be used past its first hole), so a new prompt is not deferred by a step. Every other key goes
+to vLLM's ``AsyncLookupManager``: it collects a step's keys, one background thread checks them
+(pipelined, per request, stopping at the first hole) while the model runs, and the scheduler
+sees RETRY until the answer is in.
 Stores and loads run on the store's I/O threads. The tier shares chunks with every replica
 whose model identity (weights fingerprint and numerics), KV layout, chunking and signing key
 match; the served name is left out, so replicas may mount the weights at different paths.
@@ -15,6 +19,7 @@ match; the served name is left out, so replicas may mount the weights at differe
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -60,6 +65,55 @@ class _SharedLookups(AsyncLookupManager):
         return self._store.exists_prefix([bytes(key) for key in keys])
 
 
+class _FirstKeyProbe:
+    """The scheduler thread's probe of each request's first key (scheduler-owned, no lock).
+
+    vLLM's async lookup answers a key it has not checked with RETRY, which defers the request
+    by one scheduler step even when the server would have said "absent" in a fraction of a
+    millisecond; on prompts nobody stored (most new ones) that step is the whole cost of the
+    tier. A probe that is absent settles the request's lookup here; one that is present, or
+    unanswered within the budget, leaves it to the async path. A step spends at most about
+    twice the budget (the probe in progress when it runs out), and a probe left unanswered
+    pauses probing for PAUSE_S, so a slow or distant server costs the scheduler little.
+    """
+
+    PAUSE_S = 1.0
+
+    def __init__(self, store: SharedChunkStore, budget_s: float) -> None:
+        self._store = store
+        self._budget_s = budget_s
+        self._spent_s = 0.0
+        self._paused_until = 0.0
+        self._probed: set[str] = set()  # requests whose first key was offered to the probe
+        self._absent: dict[str, OffloadKey] = {}  # request -> its first key, not on the server
+
+    def absent(self, key: OffloadKey, req_id: str) -> bool:
+        """True when ``key`` is this request's first key and the server does not hold it."""
+        if self._absent.get(req_id) == key:
+            return True
+        if req_id in self._probed or self._budget_s <= 0:
+            return False
+        self._probed.add(req_id)
+        now = time.monotonic()
+        if self._spent_s >= self._budget_s or now < self._paused_until:
+            return False
+        found = self._store.probe(bytes(key), self._budget_s)
+        done = time.monotonic()
+        self._spent_s += done - now
+        if found is None:
+            self._paused_until = done + self.PAUSE_S
+        elif not found:
+            self._absent[req_id] = key
+        return found is False
+
+    def end_step(self) -> None:
+        self._spent_s = 0.0
+
+    def forget(self, req_id: str) -> None:
+        self._probed.discard(req_id)
+        self._absent.pop(req_id, None)
+
+
 class AtomTierSharedTier(StoreBackedTier):
     """Secondary tier in a Valkey/Redis server or cluster shared by every replica."""
 
@@ -102,6 +156,7 @@ class AtomTierSharedTier(StoreBackedTier):
             io_threads=io_threads,
         )
         self._lookups = _SharedLookups(self.store, tier_type)
+        self._probe = _FirstKeyProbe(self.store, settings.shared_lookup_budget_ms / 1000)
         self._failed_loads: deque[list[OffloadKey]] = deque()
         logger.info(
             "atom-tier shared tier (%s) at %s, key prefix %s:%s, model identity %s%s",
@@ -112,6 +167,8 @@ class AtomTierSharedTier(StoreBackedTier):
 
     @override
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
+        if self._probe.absent(key, req_context.req_id):
+            return LookupResult.MISS
         found = self._lookups.lookup(key, req_context)
         if found is None:
             return LookupResult.RETRY
@@ -119,10 +176,12 @@ class AtomTierSharedTier(StoreBackedTier):
 
     @override
     def on_schedule_end(self, context: ScheduleEndContext) -> None:
+        self._probe.end_step()
         self._lookups.flush()
 
     @override
     def on_request_finished(self, req_context: ReqContext) -> None:
+        self._probe.forget(req_context.req_id)
         self._lookups.cleanup(req_context.req_id)
 
     @override

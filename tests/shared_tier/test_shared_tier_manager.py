@@ -173,3 +173,62 @@ def test_no_events_unless_vllms_kv_events_are_on(open_manager: Opener) -> None:
     manager, tier = open_manager(events=False)
     _store(manager, tier, range(0, 2))
     assert list(tier.take_events()) == []
+
+
+def test_a_first_chunk_the_server_lacks_is_a_miss_in_the_same_step(open_manager: Opener) -> None:
+    manager, tier = open_manager()
+    reader = ReqContext(req_id="new-prompt")
+    manager.on_new_request(reader)
+    # Probed on the scheduler thread within the budget: no RETRY, so no deferred step.
+    assert manager.lookup(_key(5), reader) is LookupResult.MISS
+    assert manager.lookup(_key(5), reader) is LookupResult.MISS  # settled, not asked again
+    manager.on_schedule_end(END_OF_STEP)
+    stats = tier.stats()
+    assert (stats["probes"], stats["probe_misses"], stats["lookups"]) == (1, 1, 0)
+    manager.on_request_finished(reader)
+
+
+def test_only_the_first_chunk_is_probed_and_a_present_one_goes_async(
+    open_manager: Opener,
+) -> None:
+    one, one_tier = open_manager()
+    _store(one, one_tier, range(0, 2))
+    two, two_tier = open_manager()
+    reader = ReqContext(req_id="reader")
+    two.on_new_request(reader)
+    seen, data = _load(two, reader, 0)
+    assert seen[0] == "RETRY" and data == payload_for(_key(0), CHUNK_BYTES)
+    # The request's next key is not probed: the background lookup answers it.
+    seen, data = _load(two, reader, 9)
+    assert seen[0] == "RETRY" and data is None
+    stats = two_tier.stats()
+    assert (stats["probes"], stats["probe_misses"]) == (1, 0)
+    two.on_request_finished(reader)
+
+
+def test_no_probe_with_a_zero_budget(open_manager: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATOM_TIER_SHARED_LOOKUP_BUDGET_MS", "0")
+    manager, tier = open_manager()
+    reader = ReqContext(req_id="reader")
+    manager.on_new_request(reader)
+    seen, data = _load(manager, reader, 3)
+    assert seen[0] == "RETRY" and seen[-1] == "MISS" and data is None
+    assert tier.stats()["probes"] == 0
+    manager.on_request_finished(reader)
+
+
+def test_an_unanswered_probe_leaves_the_lookup_to_the_background_and_pauses(
+    open_manager: Opener, fresh_valkey: ValkeyServer
+) -> None:
+    manager, tier = open_manager()
+    fresh_valkey.stop()
+    for name in ("first", "second"):
+        reader = ReqContext(req_id=name)
+        manager.on_new_request(reader)
+        seen, data = _load(manager, reader, 4)
+        assert seen[0] == "RETRY" and seen[-1] == "MISS" and data is None
+        manager.on_request_finished(reader)
+    stats = tier.stats()
+    # The first request's probe found no server; the second was not probed (probing paused,
+    # and the background lookup has opened the breaker by then).
+    assert (stats["probes"], stats["probes_unanswered"]) == (0, 1)
