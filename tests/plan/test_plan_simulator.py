@@ -126,15 +126,43 @@ def test_device_keeps_what_running_requests_hold() -> None:
     a = session("a", [(IDS_8, 10), (IDS_12, 10)])
     b = session("b", [(IDS_8, 10)])
     load = workload([(a, 0), (b, 0), (a, 1)])
-    # Requests arrive at t = 0, 1, 2. Device of 3 chunks; with 0 s requests b's 2 chunks
-    # push out one of a's: a's request 1 finds chunk 0? a's head is most recent, so chunk 1
-    # goes first and chunk 0 stays: 256 tokens.
-    assert device_hits(load, 3, 0.0) == [0, 0, 256]
-    # Requests of 1.5 s: at t = 2 b still runs (holds 2 chunks) and a's request 0 has ended;
+    # Requests arrive at t = 0, 1, 2. Device of 4 chunks = 16 blocks less the null block: 15.
+    # With 0 s requests b's 2 chunks (8 blocks) push out one of a's: a's head is most recent,
+    # so chunk 1 goes first and chunk 0 stays: 256 tokens.
+    assert device_hits(load, 4, 0.0) == [0, 0, 256]
+    # Requests of 1.5 s: at t = 2 b still runs (holds 8 blocks) and a's request 0 has ended;
     # only one more chunk fits: a's chunk 0 again (the head is released last).
-    assert device_hits(load, 3, 1.5) == [0, 0, 256]
+    assert device_hits(load, 4, 1.5) == [0, 0, 256]
     # Requests of 5 s: a's request 0 still runs at t = 2 and holds both chunks: 512 tokens.
     assert device_hits(load, 4, 5.0) == [0, 0, 512]
+
+
+def test_the_null_block_is_never_a_cache_block() -> None:
+    a = session("a", [(IDS_8, 0), (IDS_12, 0)])
+    load = workload([(a, 0), (a, 1)])
+    # 2 chunks = 8 blocks, but vLLM keeps one as the null block: 7. Request 0's 8 blocks do
+    # not all stay; its tail chunk goes first and request 1 finds chunk 0 only.
+    assert device_hits(load, 2) == [0, 256]
+    assert device_hits(load, 3) == [0, 512]
+
+
+def test_a_partial_chunk_takes_only_its_own_blocks() -> None:
+    a = session("a", [(list(range(1, 7)), 0), (IDS_12, 0)])
+    load = workload([(a, 0), (a, 1)])
+    # Request 0: chunk 0 (4 blocks) + 2 blocks of chunk 1 = 6 blocks, within the 7 of a
+    # 2-chunk device: all stay, and request 1 hits 256 + 128. Were the partial chunk counted
+    # as a whole chunk (8 blocks), it would be evicted and the hit would be 256.
+    assert device_hits(load, 2) == [0, 384]
+
+
+def test_a_prompt_that_changed_inside_a_chunk_still_hits_the_blocks_before_the_change() -> None:
+    a = session("a", [(IDS_8, 0), (list(range(1, 7)) + list(range(50, 56)), 0)])
+    load = workload([(a, 0), (a, 1)])
+    # Request 1 keeps request 0's first 6 ids (384 tokens) and then differs: chunk 0 and the
+    # first 2 blocks of chunk 1 are the same blocks, so vLLM (which matches 64-token blocks
+    # here) hits 384 tokens, though chunk 1 as a whole is new.
+    assert device_hits(load, 100) == [0, 384]
+    assert ceiling_hits(load) == [0, 384]
 
 
 def test_sweep_holds_device_blocks_for_the_hold_time_not_the_request_time() -> None:
@@ -144,11 +172,12 @@ def test_sweep_holds_device_blocks_for_the_hold_time_not_the_request_time() -> N
     a = session("a", [(IDS_8, 10), (IDS_12, 10)])
     b = session("b", [(IDS_8, 10)])
     load = workload([(a, 0), (b, 0), (a, 1)])
-    # A device of 3 chunks (1 KV byte per token, 768 tokens). Held for the whole 5 s request:
+    # A device of 4 chunks (1 KV byte per token, 1,024 tokens: 15 blocks besides the null
+    # block). Held for the whole 5 s request:
     # a's request 0 still holds both its chunks at t = 2 -> 512. Held 0 s (it waited in a
     # queue for the rest): b's two chunks are the most recent, a's chunk 0 stays (head
     # released last), chunk 1 goes -> 256.
-    deployment = Deployment(1, 768, "test")
+    deployment = Deployment(1, 1024, "test")
     held_long = run_sweep(load, deployment, dram_gb=[0], nvme_gb=[0], request_s=5.0)
     held_none = run_sweep(load, deployment, dram_gb=[0], nvme_gb=[0], request_s=5.0, hold_s=0)
     assert held_long.configurations[0].result.tiers[DEVICE].hit_tokens == 512
