@@ -4,9 +4,12 @@ What each request does, mirroring vLLM 0.32 (scheduler, offloading connector, CP
 manager) and atom-tier's NVMe tier:
 
 1. **Device prefix cache** (vLLM's GPU block pool, LRU): the longest cached prefix, at most the
-   prompt minus one token, in whole KV blocks. Modelled in chunks plus the blocks of the
-   previous request's last partial chunk; every covered chunk of the request is cached after
-   it, the head of the prompt most recent (vLLM frees a request's blocks tail first).
+   prompt minus one token, in whole KV blocks. Modelled in chunks, plus the blocks of the
+   first missing chunk that are still cached: the previous request's blocks up to where the
+   prompt changed, and the warm prefix's blocks past its last whole chunk. Capacity is counted
+   in blocks, less the null block; a running request holds its chunks and the blocks of the
+   rest of its prompt and output; every covered chunk of the request is cached after it, the
+   head of the prompt most recent (vLLM frees a request's blocks tail first).
 2. **Connector lookup** from the chunk holding the device hit's end, chunk by chunk until a
    miss: a DRAM hit, or an NVMe / shared hit promoted into DRAM (which fails when DRAM cannot
    make room). The load counts only when it adds at least one chunk of tokens beyond the
@@ -120,7 +123,7 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
     size: dict[int, int] = {}  # blocks of a cached or held key that is not a whole chunk
     get_size = size.get
     cached_blocks = held_blocks = 0
-    running: list[tuple[float, int, list[int]]] = []
+    running: list[tuple[float, int, list[int], int]] = []
     hits: list[int] = []
 
     class Present:
@@ -130,7 +133,9 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
     present = Present()
     for request in workload.requests:
         while running and running[0][0] <= request.time:
-            for key in reversed(heapq.heappop(running)[2]):  # tail first: the head ends newest
+            _, _, ended, unshared = heapq.heappop(running)
+            held_blocks -= unshared  # no hash: freed to the front of the queue, reused first
+            for key in reversed(ended):  # tail first: the head ends newest
                 count = held[key] - 1
                 if count:
                     held[key] = count
@@ -161,9 +166,23 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
             sizes[warm[2]] = warm[1]
             if warm[0] < covered:
                 sizes[keys[warm[0]]] = per_chunk - warm[1]
+        shared_blocks = covered * per_chunk
+        if warm is not None and warm[0] >= covered:
+            shared_blocks += warm[1]
         if own is not None:
             used.append(own[2])
             sizes[own[2]] = own[1]
+            shared_blocks += own[1]
+        # A running request also holds the blocks of the rest of its prompt and of its output
+        # (vllm/v1/core/kv_cache_manager.py ``KVCacheManager.allocate_slots``: a slot for every
+        # token it computes, all but the last one sampled). The partial last block has no
+        # hash, and ``BlockPool.free_blocks`` puts such blocks at the front of the free queue:
+        # they stop counting when the request ends. (A full block of the request's own tail
+        # is hashed and queued like the others, but is never hit again; at most a block or
+        # two per request, counted here with the unhashed ones.)
+        last_token = request.input_tokens + request.output_tokens - 1
+        unshared = max(0, -(-last_token // block) - shared_blocks)
+        held_blocks += unshared
         for key in used:
             count = held.get(key)
             if count:
@@ -182,7 +201,7 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
         if capacity is not None:
             while cached and cached_blocks + held_blocks > capacity:
                 cached_blocks -= size.pop(cached.popitem(last=False)[0], per_chunk)
-            heapq.heappush(running, (request.time + hold_s, request.serial, used))
+            heapq.heappush(running, (request.time + hold_s, request.serial, used, unshared))
     return hits
 
 

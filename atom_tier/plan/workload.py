@@ -92,6 +92,7 @@ class PlannedRequest:
     # The warm prefix's blocks past its last whole chunk, (chunk index, blocks, key), one key
     # in every session that keeps the warm prefix and whose prompt holds those blocks.
     warm_partial: tuple[int, int, int] | None = None
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,7 @@ def build_workload(
                 partial=partial,
                 own_partial=own,
                 warm_partial=warm,
+                output_tokens=shape.output_tokens,
             )
         )
         end_time = max(end_time, now)

@@ -146,6 +146,18 @@ def test_the_null_block_is_never_a_cache_block() -> None:
     assert device_hits(load, 3) == [0, 512]
 
 
+def test_a_running_request_also_holds_its_unshared_blocks() -> None:
+    a = session("a", [(IDS_8, 0), (IDS_12, 0)])
+    b = session("b", [(IDS_8, 200)])
+    load = workload([(a, 0), (b, 0), (a, 1)])
+    # Requests of 1.5 s at t = 0, 1, 2. At t = 2 a's request 0 has ended and b's (712
+    # tokens, 10 output tokens) still runs, holding a slot for 722 - 1 tokens: 12 blocks of
+    # 64, its 2 chunks (8 blocks) and 4 more. With a's 8 cached blocks that is 20, one past
+    # the 19 of a 5-chunk device: a's chunk 1 goes (tail first), and a's request 1 finds
+    # chunk 0 only. Counting b's chunks alone (8 + 8 = 16) would keep both.
+    assert device_hits(load, 5, 1.5) == [0, 0, 256]
+
+
 def test_a_partial_chunk_takes_only_its_own_blocks() -> None:
     a = session("a", [(list(range(1, 7)), 0), (IDS_12, 0)])
     load = workload([(a, 0), (a, 1)])
