@@ -184,9 +184,9 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
         unshared = max(0, -(-last_token // block) - shared_blocks)
         held_blocks += unshared
         for key in used:
-            count = held.get(key)
-            if count:
-                held[key] = count + 1
+            holders = held.get(key)
+            if holders:
+                held[key] = holders + 1
                 continue
             if key in cached:
                 del cached[key]
