@@ -116,7 +116,7 @@ def predict(
     device = device_hits(workload, opts.kv_blocks * BLOCK_TOKENS // chunk, hold_s)
     dram = int(opts.dram_gb * GIB // per_chunk) if arm in "BC" else 0
     nvme = (TierSpec(NVME, int(opts.nvme_gb * GIB // per_chunk)),) if arm == "C" else ()
-    result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme))
+    result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme), hold_s)
     hits = {source: float(result.tiers[name].hit_tokens) if name in result.tiers else 0.0
             for name, source in TIERS}  # fmt: skip
     return {

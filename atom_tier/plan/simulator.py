@@ -323,11 +323,23 @@ class Hierarchy:
             tier.touch(keys_of[::-1])
         return sources
 
-    def run(self, workload: Workload, device: Sequence[int]) -> SimulationResult:
+    def run(
+        self, workload: Workload, device: Sequence[int], finish_s: float = 0.0
+    ) -> SimulationResult:
+        """``finish_s``: seconds from a request's lookup to its end, when the DRAM policy
+        sees the request's recency update (vLLM's running time of a request)."""
         chunk = workload.chunk_tokens
         result, dram, tiers = self.result, self.dram, self.result.tiers
         connector = dram.capacity > 0  # no DRAM tier: no connector (every load goes via DRAM)
+        # vLLM updates the DRAM tier's recency when a request ends, not when it is looked up
+        # and stored (the offloading connector scheduler's ``request_finished`` calls
+        # ``CPUOffloadingManager.on_request_finished``, vllm/v1/kv_offload/cpu/manager.py):
+        # requests that end meanwhile, and their stores, come in between.
+        finishing: list[tuple[float, int, list[int], set[int], set[int]]] = []
         for request, device_tokens in zip(workload.requests, device, strict=True):
+            while finishing and finishing[0][0] <= request.time:
+                _, _, used_keys, insertion_only_keys, reused_keys = heapq.heappop(finishing)
+                dram.on_request_finished(used_keys, insertion_only_keys, reused_keys)
             result.prompt_tokens += request.input_tokens
             tiers[DEVICE].hit_tokens += device_tokens
             if not connector:
@@ -365,10 +377,20 @@ class Hierarchy:
             used = list(keys[start:end]) + offered
             insertion_only = set(inserted)
             reused = {key for key in used if key not in insertion_only and key in dram}
-            dram.on_request_finished(used, insertion_only, reused)
+            if finish_s > 0:
+                entry = (request.time + finish_s, request.serial, used, insertion_only, reused)
+                heapq.heappush(finishing, entry)
+            else:
+                dram.on_request_finished(used, insertion_only, reused)
+        while finishing:
+            _, _, used_keys, insertion_only_keys, reused_keys = heapq.heappop(finishing)
+            dram.on_request_finished(used_keys, insertion_only_keys, reused_keys)
         return result
 
 
-def simulate(workload: Workload, device: Sequence[int], spec: HierarchySpec) -> SimulationResult:
-    """Hit tokens per tier and prefill tokens of ``workload`` under ``spec``."""
-    return Hierarchy(spec).run(workload, device)
+def simulate(
+    workload: Workload, device: Sequence[int], spec: HierarchySpec, finish_s: float = 0.0
+) -> SimulationResult:
+    """Hit tokens per tier and prefill tokens of ``workload`` under ``spec``; ``finish_s``
+    as in :meth:`Hierarchy.run`."""
+    return Hierarchy(spec).run(workload, device, finish_s)

@@ -194,3 +194,21 @@ def test_sweep_holds_device_blocks_for_the_hold_time_not_the_request_time() -> N
     held_none = run_sweep(load, deployment, dram_gb=[0], nvme_gb=[0], request_s=5.0, hold_s=0)
     assert held_long.configurations[0].result.tiers[DEVICE].hit_tokens == 512
     assert held_none.configurations[0].result.tiers[DEVICE].hit_tokens == 256
+
+
+def test_dram_recency_is_updated_when_a_request_ends() -> None:
+    ids = list(range(1, 5))  # 266 tokens: one chunk
+    a, c = session("a", [(ids, 10)]), session("c", [(ids, 10)])
+    b = session("b", [(ids, 10), (ids, 10)])
+    load = workload([(a, 0), (b, 0), (c, 0), (b, 1)])  # t = 0, 1, 2, 3
+    # Updated at once: a's chunk is stored and used at t = 0, b's at t = 1; c's store at
+    # t = 2 evicts the older, a's, and b's second request finds its chunk: 256 tokens.
+    at_once = simulate(load, [0, 0, 0, 0], spec(dram=2))
+    assert at_once.tiers[DRAM].hit_tokens == 256
+    assert at_once.tiers[DRAM].evicted == 1
+    # Requests ending 1.5 s after their lookup: a's ends at 1.5 and makes its chunk the most
+    # recent, b's (stored at t = 1) ends only at 2.5, so c's store at t = 2 evicts b's chunk
+    # and b's second request finds nothing (and stores it again, evicting a's).
+    at_end = simulate(load, [0, 0, 0, 0], spec(dram=2), finish_s=1.5)
+    assert at_end.tiers[DRAM].hit_tokens == 0
+    assert at_end.tiers[DRAM].evicted == 2
