@@ -9,13 +9,15 @@ holds its KV blocks on the device, the server's busy time per request (replay se
 requests running at once / completed requests; see ``hold_seconds``).
 
     PYTHONPATH=. .venv/bin/python bench/plan_vs_arms.py [three_arms.py flags] \
-        [--results out/three-arms] [--request-s 0] [--json out/plan-vs-arms.json]
+        [--results out/three-arms] [--request-s 0] [--align] [--measured-times] \
+        [--json out/plan-vs-arms.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import platform
 import sys
@@ -36,7 +38,7 @@ from atom_tier.plan.simulator import (
     device_hits,
     simulate,
 )
-from atom_tier.plan.workload import WorkloadOptions, build_workload
+from atom_tier.plan.workload import Workload, WorkloadOptions, build_workload
 from atom_tier.replay.metrics import parse_prometheus
 from atom_tier.replay.traces import load_traces
 from atom_tier.sizing import GIB
@@ -87,6 +89,30 @@ def measured(results: Path) -> dict[str, Any] | None:
     }
 
 
+def at_measured_times(workload: Workload, requests_csv: Path) -> Workload:
+    """The requests the arm completed, sent when the arm sent them (``start_s`` of its
+    requests.csv) instead of at the planner's closed-loop times: what is left of the
+    difference is then the cache model's, not the time model's."""
+    with requests_csv.open() as handle:
+        sent = {
+            (row["session"], int(row["cycle"]), int(row["request"])): float(row["start_s"])
+            for row in csv.DictReader(handle)
+            if row["ok"] == "1"
+        }
+    timed = sorted(
+        (
+            dataclasses.replace(r, time=sent[key])
+            for r in workload.requests
+            if (key := (r.session_id, r.cycle, r.index)) in sent
+        ),
+        key=lambda r: r.time,
+    )
+    if len(timed) != len(sent):
+        raise SystemExit(f"{requests_csv}: {len(sent) - len(timed)} requests not in the plan")
+    requests = tuple(dataclasses.replace(r, serial=i) for i, r in enumerate(timed))
+    return dataclasses.replace(workload, requests=requests)
+
+
 def predict(
     opts: argparse.Namespace,
     sessions: Any,
@@ -94,6 +120,7 @@ def predict(
     request_s: float,
     hold_s: float,
     requests: int | None = None,
+    measured_times: Path | None = None,
 ) -> dict[str, Any]:
     options = WorkloadOptions(
         users=opts.users,
@@ -103,20 +130,23 @@ def predict(
         max_context=opts.max_model_len,
         max_output_tokens=opts.max_output_tokens,
         request_s=request_s,
-        duration=opts.duration,
-        max_requests=requests,
+        # With the arm's own send times, plan well past its end and keep what it sent.
+        duration=opts.duration * (4 if measured_times else 1),
+        max_requests=None if measured_times else requests,
         recycle=True,
         seed=opts.seed,
         warm_prefix_pct=opts.warm_prefix_pct,
     )
     chunk = opts.chunk_tokens
     workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)
+    if measured_times is not None:
+        workload = at_measured_times(workload, measured_times)
     kv = opts.layers * 2 * 64 * 2 * 2 if opts.model == "bench" else 512
     per_chunk = chunk * kv
     device = device_hits(workload, opts.kv_blocks * BLOCK_TOKENS // chunk, hold_s)
     dram = int(opts.dram_gb * GIB // per_chunk) if arm in "BC" else 0
     nvme = (TierSpec(NVME, int(opts.nvme_gb * GIB // per_chunk)),) if arm == "C" else ()
-    result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme))
+    result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme), hold_s)
     hits = {source: float(result.tiers[name].hit_tokens) if name in result.tiers else 0.0
             for name, source in TIERS}  # fmt: skip
     return {
@@ -149,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         help="simulate only as many requests as the server's counters cover (its finished and "
         "running requests at the end), instead of the whole duration",
     )
+    own.add_argument(
+        "--measured-times",
+        action="store_true",
+        help="send each request when the arm sent it (its requests.csv) instead of at the "
+        "planner's closed-loop times, to tell the cache model from the time model",
+    )
     mine, rest = own.parse_known_args(argv)
     opts = arm_args(rest)
     opts.chunk_tokens = mine.chunk_tokens
@@ -166,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if hold_s is None:
             hold_s = times["running_s"] if times is not None else request_s
         aligned = int(times["admitted"]) if times is not None and mine.align else None
-        pred = predict(opts, traces.sessions, arm, request_s, hold_s, aligned)
+        sent = mine.results / f"arm-{arm}" / "results" / "requests.csv"
+        pred = predict(
+            opts, traces.sessions, arm, request_s, hold_s, aligned,
+            sent if mine.measured_times else None,
+        )  # fmt: skip
         document[arm] = {"measured": got, "predicted": pred}
         held = (
             "server's running time" if times is not None and mine.hold_s is None

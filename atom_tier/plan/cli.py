@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hold-s",
         type=float,
         help="seconds a request holds its KV blocks on the device while it runs (vLLM's "
-        "request inference time; a queued request holds none); default: --request-s",
+        "request inference time; a queued request holds none), after which it ends and the "
+        "DRAM tier updates its recency; default: --request-s",
     )
     load.add_argument("--duration", type=float, help="virtual seconds to simulate")
     load.add_argument("--requests", type=int, help="stop after this many requests")

@@ -4,9 +4,12 @@ What each request does, mirroring vLLM 0.32 (scheduler, offloading connector, CP
 manager) and atom-tier's NVMe tier:
 
 1. **Device prefix cache** (vLLM's GPU block pool, LRU): the longest cached prefix, at most the
-   prompt minus one token, in whole KV blocks. Modelled in chunks plus the blocks of the
-   previous request's last partial chunk; every covered chunk of the request is cached after
-   it, the head of the prompt most recent (vLLM frees a request's blocks tail first).
+   prompt minus one token, in whole KV blocks. Modelled in chunks, plus the blocks of the
+   first missing chunk that are still cached: the previous request's blocks up to where the
+   prompt changed, and the warm prefix's blocks past its last whole chunk. Capacity is counted
+   in blocks, less the null block; a running request holds its chunks and the blocks of the
+   rest of its prompt and output; every covered chunk of the request is cached after it, the
+   head of the prompt most recent (vLLM frees a request's blocks tail first).
 2. **Connector lookup** from the chunk holding the device hit's end, chunk by chunk until a
    miss: a DRAM hit, or an NVMe / shared hit promoted into DRAM (which fails when DRAM cannot
    make room). The load counts only when it adds at least one chunk of tokens beyond the
@@ -26,11 +29,11 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass, field
 
 from atom_tier.plan.policies import CachePolicy, make_policy
-from atom_tier.plan.workload import Workload
+from atom_tier.plan.workload import PlannedRequest, Workload
 
 _NOTHING: frozenset[int] = frozenset()
 
@@ -81,8 +84,29 @@ class SimulationResult:
         return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
+# vLLM's GPU block pool keeps one block as the null block, never cached
+# (vllm/v1/core/block_pool.py ``BlockPool.__init__``: ``self.null_block = ...popleft()``).
+NULL_BLOCKS = 1
+
+
+def _partial_blocks(request: PlannedRequest, found: int, present: Container[int]) -> int:
+    """Blocks of chunk ``found`` (the first chunk missing) that still hit: the longest of the
+    previous request's blocks in it and the warm prefix's blocks in it that are cached."""
+    blocks = 0
+    for candidate in (request.partial, request.warm_partial):
+        if candidate is not None and candidate[0] == found and candidate[1] > blocks:
+            if candidate[2] in present:
+                blocks = candidate[1]
+    return blocks
+
+
 def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0.0) -> list[int]:
     """Device prefix-cache hit tokens of every request (``device_chunks`` None: infinite).
+
+    The capacity is counted in KV blocks (``device_chunks`` x blocks per chunk, less vLLM's
+    null block): a partial chunk's key takes its own blocks, and a session's chunk that
+    starts with the warm prefix's blocks takes only the rest (one block per hash, as vLLM's
+    block pool caches them).
 
     A request holds its chunks from its arrival until ``hold_s`` later, as a running request
     holds its KV blocks (vLLM's request inference time; a request waiting in the queue holds
@@ -92,51 +116,92 @@ def device_hits(workload: Workload, device_chunks: int | None, hold_s: float = 0
     request wait; the simulator has no time model for that).
     """
     chunk, block = workload.chunk_tokens, workload.block_tokens
-    capacity = device_chunks
+    per_chunk = chunk // block
+    capacity = None if device_chunks is None else device_chunks * per_chunk - NULL_BLOCKS
     cached: OrderedDict[int, None] = OrderedDict()  # held by no request, least recent first
     held: dict[int, int] = {}  # chunk -> running requests holding it
-    running: list[tuple[float, int, list[int]]] = []
+    size: dict[int, int] = {}  # blocks of a cached or held key that is not a whole chunk
+    get_size = size.get
+    cached_blocks = held_blocks = 0
+    running: list[tuple[float, int, list[int], int]] = []
     hits: list[int] = []
 
-    def release(keys: list[int]) -> None:
-        for key in reversed(keys):  # tail first: the head of the prompt ends most recent
-            count = held[key] - 1
-            if count:
-                held[key] = count
-            else:
-                del held[key]
-                cached[key] = None
+    class Present:
+        def __contains__(self, key: object) -> bool:
+            return key in cached or key in held
 
+    present = Present()
     for request in workload.requests:
         while running and running[0][0] <= request.time:
-            release(heapq.heappop(running)[2])
-        if capacity is not None:
-            while cached and len(cached) + len(held) > capacity:
-                cached.popitem(last=False)
+            _, _, ended, unshared = heapq.heappop(running)
+            held_blocks -= unshared  # no hash: freed to the front of the queue, reused first
+            for key in reversed(ended):  # tail first: the head ends newest
+                count = held[key] - 1
+                if count:
+                    held[key] = count
+                else:
+                    del held[key]
+                    cached[key] = None
+                    weight = get_size(key, per_chunk)
+                    cached_blocks += weight
+                    held_blocks -= weight
         keys, covered = request.chain, request.covered_chunks
         limit_tokens = (request.input_tokens - 1) // block * block
         limit = min(covered, limit_tokens // chunk)
+        if capacity is not None:
+            while cached and cached_blocks + held_blocks > capacity:
+                cached_blocks -= size.pop(cached.popitem(last=False)[0], per_chunk)
         found = 0
         while found < limit and (keys[found] in cached or keys[found] in held):
             found += 1
-        tokens = found * chunk
-        partial = request.partial
-        if partial is not None and partial[0] == found:
-            if partial[2] in cached or partial[2] in held:
-                tokens = min(tokens + partial[1] * block, limit_tokens)
-        hits.append(tokens)
-        own = request.own_partial
-        used = list(keys[:covered]) + ([own[2]] if own is not None else [])
+        extra = _partial_blocks(request, found, present)
+        hits.append(min(found * chunk + extra * block, limit_tokens))
+        # In prompt order, so that releasing tail first frees a chunk's own blocks before the
+        # warm prefix's blocks it starts with, as vLLM frees blocks.
+        used = list(keys[:covered])
+        sizes: dict[int, int] = {}
+        warm, own = request.warm_partial, request.own_partial
+        if warm is not None:
+            used.insert(min(warm[0], covered), warm[2])
+            sizes[warm[2]] = warm[1]
+            if warm[0] < covered:
+                sizes[keys[warm[0]]] = per_chunk - warm[1]
+        shared_blocks = covered * per_chunk
+        if warm is not None and warm[0] >= covered:
+            shared_blocks += warm[1]
+        if own is not None:
+            used.append(own[2])
+            sizes[own[2]] = own[1]
+            shared_blocks += own[1]
+        # A running request also holds the blocks of the rest of its prompt and of its output
+        # (vllm/v1/core/kv_cache_manager.py ``KVCacheManager.allocate_slots``: a slot for every
+        # token it computes, all but the last one sampled). The partial last block has no
+        # hash, and ``BlockPool.free_blocks`` puts such blocks at the front of the free queue:
+        # they stop counting when the request ends. (A full block of the request's own tail
+        # is hashed and queued like the others, but is never hit again; at most a block or
+        # two per request, counted here with the unhashed ones.)
+        last_token = request.input_tokens + request.output_tokens - 1
+        unshared = max(0, -(-last_token // block) - shared_blocks)
+        held_blocks += unshared
         for key in used:
-            if key in held:
-                held[key] += 1
+            holders = held.get(key)
+            if holders:
+                held[key] = holders + 1
+                continue
+            if key in cached:
+                del cached[key]
+                weight = get_size(key, per_chunk)
+                cached_blocks -= weight
             else:
-                cached.pop(key, None)
-                held[key] = 1
+                weight = sizes.get(key, per_chunk)
+                if weight != per_chunk:
+                    size[key] = weight
+            held[key] = 1
+            held_blocks += weight
         if capacity is not None:
-            while cached and len(cached) + len(held) > capacity:
-                cached.popitem(last=False)
-            heapq.heappush(running, (request.time + hold_s, request.serial, used))
+            while cached and cached_blocks + held_blocks > capacity:
+                cached_blocks -= size.pop(cached.popitem(last=False)[0], per_chunk)
+            heapq.heappush(running, (request.time + hold_s, request.serial, used, unshared))
     return hits
 
 
@@ -153,14 +218,12 @@ def ceiling_hits(workload: Workload) -> list[int]:
         found = 0
         while found < limit and keys[found] in seen:
             found += 1
-        tokens = found * chunk
-        partial = request.partial
-        if partial is not None and partial[0] == found and partial[2] in seen:
-            tokens = min(tokens + partial[1] * block, limit_tokens)
-        hits.append(tokens)
+        extra = _partial_blocks(request, found, seen)
+        hits.append(min(found * chunk + extra * block, limit_tokens))
         seen.update(keys[found:covered])
-        if request.own_partial is not None:
-            seen.add(request.own_partial[2])
+        for partial in (request.own_partial, request.warm_partial):
+            if partial is not None:
+                seen.add(partial[2])
     return hits
 
 
@@ -260,11 +323,23 @@ class Hierarchy:
             tier.touch(keys_of[::-1])
         return sources
 
-    def run(self, workload: Workload, device: Sequence[int]) -> SimulationResult:
+    def run(
+        self, workload: Workload, device: Sequence[int], finish_s: float = 0.0
+    ) -> SimulationResult:
+        """``finish_s``: seconds from a request's lookup to its end, when the DRAM policy
+        sees the request's recency update (vLLM's running time of a request)."""
         chunk = workload.chunk_tokens
         result, dram, tiers = self.result, self.dram, self.result.tiers
         connector = dram.capacity > 0  # no DRAM tier: no connector (every load goes via DRAM)
+        # vLLM updates the DRAM tier's recency when a request ends, not when it is looked up
+        # and stored (the offloading connector scheduler's ``request_finished`` calls
+        # ``CPUOffloadingManager.on_request_finished``, vllm/v1/kv_offload/cpu/manager.py):
+        # requests that end meanwhile, and their stores, come in between.
+        finishing: list[tuple[float, int, list[int], set[int], set[int]]] = []
         for request, device_tokens in zip(workload.requests, device, strict=True):
+            while finishing and finishing[0][0] <= request.time:
+                _, _, used_keys, insertion_only_keys, reused_keys = heapq.heappop(finishing)
+                dram.on_request_finished(used_keys, insertion_only_keys, reused_keys)
             result.prompt_tokens += request.input_tokens
             tiers[DEVICE].hit_tokens += device_tokens
             if not connector:
@@ -302,10 +377,20 @@ class Hierarchy:
             used = list(keys[start:end]) + offered
             insertion_only = set(inserted)
             reused = {key for key in used if key not in insertion_only and key in dram}
-            dram.on_request_finished(used, insertion_only, reused)
+            if finish_s > 0:
+                entry = (request.time + finish_s, request.serial, used, insertion_only, reused)
+                heapq.heappush(finishing, entry)
+            else:
+                dram.on_request_finished(used, insertion_only, reused)
+        while finishing:
+            _, _, used_keys, insertion_only_keys, reused_keys = heapq.heappop(finishing)
+            dram.on_request_finished(used_keys, insertion_only_keys, reused_keys)
         return result
 
 
-def simulate(workload: Workload, device: Sequence[int], spec: HierarchySpec) -> SimulationResult:
-    """Hit tokens per tier and prefill tokens of ``workload`` under ``spec``."""
-    return Hierarchy(spec).run(workload, device)
+def simulate(
+    workload: Workload, device: Sequence[int], spec: HierarchySpec, finish_s: float = 0.0
+) -> SimulationResult:
+    """Hit tokens per tier and prefill tokens of ``workload`` under ``spec``; ``finish_s``
+    as in :meth:`Hierarchy.run`."""
+    return Hierarchy(spec).run(workload, device, finish_s)

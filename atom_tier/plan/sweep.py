@@ -106,7 +106,8 @@ def run_sweep(
     request_s: float = 0.0,
     hold_s: float | None = None,
 ) -> Sweep:
-    """``hold_s``: how long a request holds its device blocks (default ``request_s``)."""
+    """``hold_s``: how long a request holds its device blocks (default ``request_s``), and
+    when it ends, the DRAM tier's recency update."""
     chunk = workload.chunk_tokens
     hold = request_s if hold_s is None else hold_s
     device = device_hits(workload, deployment.device_kv_tokens // chunk, hold)
@@ -124,7 +125,7 @@ def run_sweep(
                 TierSpec(DRAM, deployment.chunks(dram * 2**30, chunk), eviction), secondaries
             )
             sweep.configurations.append(
-                Configuration(dram, nvme, shared_gb, simulate(workload, device, spec))
+                Configuration(dram, nvme, shared_gb, simulate(workload, device, spec, hold))
             )
     return sweep
 

@@ -89,6 +89,10 @@ class PlannedRequest:
     # request starts with them: (chunk index, blocks, key). vLLM can hit them block by block.
     partial: tuple[int, int, int] | None
     own_partial: tuple[int, int, int] | None
+    # The warm prefix's blocks past its last whole chunk, (chunk index, blocks, key), one key
+    # in every session that keeps the warm prefix and whose prompt holds those blocks.
+    warm_partial: tuple[int, int, int] | None = None
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,19 @@ class KeyBuilder:
             chain.hashes.append(value)
         # Chunks whose ids all survive stay valid; the list is shared with earlier requests,
         # so a shorter prefix starts a new list rather than cutting the old one.
-        valid = common * self.id_tokens // self.chunk_tokens
+        common_tokens = common * self.id_tokens
+        valid = common_tokens // self.chunk_tokens
+        # The first chunk that changed still starts with the previous request's blocks up to
+        # the first changed id: vLLM hashes and matches 128-token blocks, not chunks
+        # (vllm/v1/core/kv_cache_utils.py ``hash_block_tokens``), so those blocks hit on the
+        # device when the previous request's chunk (or its partial chunk) is still cached.
+        shared_blocks = (common_tokens - valid * self.chunk_tokens) // self.block_tokens
+        candidate = None
+        last = chain.last_partial
+        if shared_blocks and valid < len(chain.chunks):
+            candidate = (valid, shared_blocks, chain.chunks[valid])
+        elif last is not None and last[0] == valid and min(last[1], shared_blocks):
+            candidate = (valid, min(last[1], shared_blocks), last[2])
         if valid < len(chain.chunks):
             chain.chunks = chain.chunks[:valid]
         covered_tokens = len(ids) * self.id_tokens
@@ -157,14 +173,6 @@ class KeyBuilder:
         for index in range(len(chain.chunks), covered_chunks):
             end = (index + 1) * self.chunk_tokens
             chain.chunks.append(hash((chain.hashes[self._id_index(end)], index)))
-        # The prefix of the previous request's partial chunk, if this request still has it.
-        candidate = None
-        last = chain.last_partial
-        if last is not None:
-            chunk, blocks, _ = last
-            end = chunk * self.chunk_tokens + blocks * self.block_tokens
-            if end <= common * self.id_tokens:
-                candidate = last
         own = None
         blocks = (covered_tokens - covered_chunks * self.chunk_tokens) // self.block_tokens
         if blocks > 0:
@@ -214,6 +222,15 @@ def build_workload(
         hash(("warm-prefix", options.seed, index))
         for index in range(mapper.warm_prefix_tokens // chunk_tokens)
     ]
+    # Its whole KV blocks past those chunks are the same blocks in every session too (vLLM
+    # matches blocks; the DRAM tier, whole chunks only).
+    warm_blocks = (mapper.warm_prefix_tokens - len(warm_keys) * chunk_tokens) // block_tokens
+    warm_partial = (
+        (len(warm_keys), warm_blocks, hash(("warm-prefix-blocks", options.seed, warm_blocks)))
+        if warm_blocks
+        else None
+    )
+    warm_end = len(warm_keys) * chunk_tokens + warm_blocks * block_tokens
     queue = SessionQueue(fitting, seed=options.seed, recycle=options.recycle)
     id_tokens = {mapper.block_tokens(s.block_size) for s in fitting}
     if len(id_tokens) != 1:
@@ -249,9 +266,13 @@ def build_workload(
         shape = mapper.shape(session, index)
         request = session.requests[index]
         chain, chunks, covered, partial, own = builder.keys(session, cycle, request.hash_ids)
-        if warm_keys and mapper.keeps_warm_prefix(session, index):
+        warm = None
+        if mapper.keeps_warm_prefix(session, index):
             shared = min(len(warm_keys), chunks)
-            chain = warm_keys[:shared] + chain[shared:]  # a copy: the builder reuses its list
+            if shared:
+                chain = warm_keys[:shared] + chain[shared:]  # a copy: the builder reuses it
+            if shape.input_tokens >= warm_end:
+                warm = warm_partial
         requests.append(
             PlannedRequest(
                 serial=len(requests),
@@ -266,6 +287,8 @@ def build_workload(
                 covered_chunks=chunks,
                 partial=partial,
                 own_partial=own,
+                warm_partial=warm,
+                output_tokens=shape.output_tokens,
             )
         )
         end_time = max(end_time, now)

@@ -47,6 +47,7 @@ def workload(
                 covered_chunks=chunks,
                 partial=partial,
                 own_partial=own,
+                output_tokens=trace_request.output_tokens,
             )
         )
     return Workload(tuple(built), chunk_tokens, block_tokens, 0, 0, 0, float(len(steps)))

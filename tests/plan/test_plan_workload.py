@@ -42,6 +42,20 @@ def test_the_warm_prefix_gives_every_conversation_the_same_first_chunks() -> Non
     assert device_hits(workload, None) == [0, 512]
 
 
+def test_the_warm_prefix_blocks_past_its_whole_chunks_hit_in_every_conversation() -> None:
+    # A largest prefix of 1,300 tokens: a 650-token canonical prefix, chunks 0-1 and the
+    # first 2 blocks (128 tokens) of chunk 2. vLLM matches blocks: the second conversation
+    # hits those blocks too (512 + 128), though its chunk 2 is its own.
+    first = with_prefix(FIRST, 1_300)
+    workload = build([first, SECOND])
+    assert device_hits(workload, None) == [0, 640]
+    # The first conversation fills 12 blocks: 4 + 4 + 2 of the warm prefix and the 2 own
+    # blocks of its chunk 2. A device of 3 chunks (11 blocks past the null block) gives up
+    # the blocks freed first, vLLM frees tail first: chunk 2's own ones. The warm prefix's
+    # 2 blocks in chunk 2 stay, and the second conversation still hits 640.
+    assert device_hits(workload, 3) == [0, 640]
+
+
 def test_without_the_warm_prefix_conversations_share_nothing() -> None:
     workload = build([FIRST, SECOND], warm_prefix_pct=0.0)
     one, two = workload.requests
