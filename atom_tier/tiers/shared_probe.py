@@ -58,7 +58,7 @@ def probe_shared_tier(
         key = f"{prefix}:doctor:{secrets.token_hex(8)}"
         value = os.urandom(value_bytes)
         started = time.perf_counter()
-        stored = client.set_absent([(key, value)])[0]
+        stored = client.set_absent([(key, [value])])[0]
         set_s = time.perf_counter() - started
         started = time.perf_counter()
         back = client.get([key])[0]
