@@ -30,6 +30,8 @@ _CRLF = b"\r\n"
 # Longest line read before a payload: "$<length>\r\n" fits; a larger read would pull payload
 # bytes into the line buffer, to be copied again.
 _LINE_READ = 64
+# Replies with no payload after them (SET, EXISTS, AUTH) are read in pieces of this.
+_REPLIES_READ = 4096
 _MAX_LINE = 1 << 20
 # iovec entries per sendmsg call (Linux IOV_MAX is 1024).
 _MAX_PARTS = 512
@@ -85,7 +87,7 @@ class WireConnection:
             address = (endpoint.host, endpoint.port)
             self.sock = socket.create_connection(address, timeout=timeout_s)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._line = bytearray(_LINE_READ * 4)
+        self._line = bytearray(_REPLIES_READ * 2)
         self._start = self._end = 0
         try:
             self._hello(endpoint)
@@ -133,30 +135,30 @@ class WireConnection:
                 views[0] = views[0][sent:]
 
     # -- receiving -------------------------------------------------------------------------
-    def _fill(self) -> None:
+    def _fill(self, read_size: int) -> None:
         if self._start == self._end:
             self._start = self._end = 0
-        elif self._start and self._end + _LINE_READ > len(self._line):
+        elif self._start and self._end + read_size > len(self._line):
             size = self._end - self._start
             self._line[:size] = self._line[self._start : self._end]
             self._start, self._end = 0, size
-        if self._end + _LINE_READ > len(self._line):  # a long line: an error reply's text
+        if self._end + read_size > len(self._line):  # a long line: an error reply's text
             if len(self._line) >= _MAX_LINE:
                 raise ProtocolError(f"a reply line longer than {_MAX_LINE} bytes")
             self._line.extend(bytes(len(self._line)))
-        got = self.sock.recv_into(memoryview(self._line)[self._end : self._end + _LINE_READ])
+        got = self.sock.recv_into(memoryview(self._line)[self._end : self._end + read_size])
         if not got:
             raise ConnectionResetError("the server closed the connection")
         self._end += got
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, read_size: int) -> bytes:
         while True:
             found = self._line.find(_CRLF, self._start, self._end)
             if found >= 0:
                 line = bytes(self._line[self._start : found])
                 self._start = found + 2
                 return line
-            self._fill()
+            self._fill(read_size)
 
     def read_into(self, out: memoryview) -> None:
         """Fill ``out`` from the stream: buffered bytes first, then straight from the socket."""
@@ -176,15 +178,15 @@ class WireConnection:
         if end != _CRLF:
             raise ProtocolError("a bulk reply without its CRLF")
 
-    def _header(self) -> tuple[bytes, bytes]:
-        line = self._read_line()
+    def _header(self, read_size: int) -> tuple[bytes, bytes]:
+        line = self._read_line(read_size)
         if not line:
             raise ProtocolError("an empty reply line")
         return line[:1], line[1:]
 
     def read_reply(self) -> Reply | ReplyError:
         """One RESP2 reply that is not an array; bulk strings read into a new ``bytes``."""
-        kind, rest = self._header()
+        kind, rest = self._header(_REPLIES_READ)
         if kind == b"$":
             length = _length(rest)
             if length < 0:
@@ -205,7 +207,7 @@ class WireConnection:
         True: it had that length and now fills ``parts`` in order. bytes: a value of another
         length, read whole into scratch. None: nil (no such key). ReplyError: an error reply.
         """
-        kind, rest = self._header()
+        kind, rest = self._header(_LINE_READ)
         if kind != b"$":
             reply = _simple(kind, rest)
             if isinstance(reply, ReplyError):
@@ -253,6 +255,11 @@ class WirePool:
         self._idle: list[WireConnection] = []
         self._lock = threading.Lock()
 
+    @property
+    def idle(self) -> int:
+        """Connections waiting in the pool."""
+        return len(self._idle)
+
     def _take(self) -> WireConnection:
         while True:
             with self._lock:
@@ -297,6 +304,25 @@ class WirePool:
             raise
         self._give_back(connection)
         return replies
+
+    def exists(self, keys: Sequence[bytes]) -> list[bool | ReplyError]:
+        """EXISTS of each key, pipelined (one command per key: a multi-key EXISTS answers
+        only how many)."""
+        request = b"".join(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%b\r\n" % (len(k), k) for k in keys)
+        connection = self._take()
+        try:
+            connection.send([request])
+            replies = [connection.read_reply() for _ in keys]
+        except BaseException:
+            connection.close()
+            raise
+        self._give_back(connection)
+        out: list[bool | ReplyError] = []
+        for reply in replies:
+            if not isinstance(reply, ReplyError | int):
+                raise ProtocolError(f"EXISTS answered {reply!r}")
+            out.append(reply if isinstance(reply, ReplyError) else reply == 1)
+        return out
 
     def get_into(
         self, items: Sequence[tuple[bytes, Sequence[memoryview]]]
