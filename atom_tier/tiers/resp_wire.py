@@ -9,8 +9,9 @@ socket is served here, speaking RESP2; TLS and clusters stay on redis-py.
 
 Errors: anything wrong with the transport (refused, reset, timeout, a reply that is not
 RESP) raises ``OSError`` (``TimeoutError`` for a timeout) and the connection is closed,
-never reused mid-reply; an error reply is a :class:`ReplyError`, in place of that reply.
-No redis-py here: the caller maps both to its own errors.
+never reused mid-reply; an error reply is a :class:`ReplyError` in place of that reply,
+except a refused AUTH or SELECT on connecting, which is raised. The timeout bounds each
+connect, send and receive. No redis-py here: the caller maps both to its own errors.
 """
 
 from __future__ import annotations

@@ -68,7 +68,11 @@ class ServerFacts:
 # What redis-py's parse_url may return for a URL the lean data path serves as redis-py would:
 # any other query option (protocol=3, timeouts, client_name, ...) keeps the data on redis-py.
 _LEAN_URL_OPTIONS = {"host", "port", "path", "username", "password", "db", "connection_class"}
-_AUTH_CODES = ("WRONGPASS", "NOAUTH", "NOPERM")
+
+
+def _refuses_credentials(reply: str) -> bool:
+    """Whether an error reply's text refuses the credentials (or lacks them)."""
+    return reply.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "AUTH" in reply[:12]
 
 
 def lean_endpoint(target: SharedTarget) -> Endpoint | None:
@@ -94,12 +98,13 @@ def _unavailable(error: Exception) -> SharedUnavailable:
     auth = isinstance(error, redis.AuthenticationError | redis.exceptions.AuthorizationError)
     if not auth and isinstance(error, redis.ResponseError):
         text = str(error)
-        auth = text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "AUTH" in text[:12]
+        auth = _refuses_credentials(text)
     return SharedUnavailable(f"{type(error).__name__}: {error}", auth=auth)
 
 
 class SharedClient:
-    """Thread-safe (redis-py's connection pool); calls block up to ``timeout_s`` each."""
+    """Thread-safe (redis-py's connection pool, and the lean path's :class:`WirePool`); calls
+    block up to ``timeout_s`` each (for the lean path: each connect, send and receive)."""
 
     def __init__(self, target: SharedTarget, timeout_s: float, max_connections: int = 16) -> None:
         self.target = target
@@ -217,14 +222,14 @@ class SharedClient:
             replies = call(items)
         except ReplyError as error:  # AUTH or SELECT on connect
             raise SharedUnavailable(
-                f"ReplyError: {error}", auth=error.code in _AUTH_CODES
+                f"ReplyError: {error}", auth=_refuses_credentials(str(error))
             ) from None
         except OSError as error:  # refused, reset, timed out (TimeoutError), not RESP
             raise SharedUnavailable(f"{type(error).__name__}: {error}") from None
         out: list[object] = []
         for reply in replies:
             if isinstance(reply, ReplyError):
-                if reply.code in _AUTH_CODES:
+                if _refuses_credentials(str(reply)):
                     raise SharedUnavailable(f"ReplyError: {reply}", auth=True)
                 if reply.code == "OOM":
                     reply = ServerFull(str(reply))
