@@ -127,13 +127,14 @@ class WireConnection:
     def send(self, parts: Sequence[Buffer]) -> None:
         """Send ``parts`` in order with scatter writes, looping over partial sends."""
         views = [memoryview(p).cast("B") for p in parts if len(p)]
-        while views:
-            sent = self.sock.sendmsg(views[:_MAX_PARTS])
-            while views and sent >= views[0].nbytes:
-                sent -= views[0].nbytes
-                views.pop(0)
+        first = 0
+        while first < len(views):
+            sent = self.sock.sendmsg(views[first : first + _MAX_PARTS])
+            while first < len(views) and sent >= views[first].nbytes:
+                sent -= views[first].nbytes
+                first += 1
             if sent:
-                views[0] = views[0][sent:]
+                views[first] = views[first][sent:]
 
     # -- receiving -------------------------------------------------------------------------
     def _fill(self, read_size: int) -> None:

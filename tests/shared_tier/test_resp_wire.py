@@ -269,3 +269,32 @@ def test_many_pipelined_commands(pool: WirePool) -> None:
     assert pool.get_into(list(zip(keys, buffers, strict=True))) == [True] * count
     for (header, payload, mac), got in zip(values, buffers, strict=True):
         assert [bytes(b) for b in got] == [header, bytes(payload), mac]
+
+
+def test_threads_share_one_client(fresh_valkey: ValkeyServer) -> None:
+    client = SharedClient(parse_shared_url(fresh_valkey.url), 5.0, max_connections=3)
+    failures: list[str] = []
+
+    def work(thread: int) -> None:
+        for round_ in range(20):
+            name = f"t{thread}:{round_}"
+            parts = _value(20_000 + thread, seed=thread + round_)
+            if client.set_absent([(name, parts)]) != [True]:
+                failures.append(f"{name}: not stored")
+            buffers = _buffers(20_000 + thread)
+            if client.get_into([(name, buffers)]) != [True] or [bytes(b) for b in buffers] != [
+                parts[0],
+                bytes(parts[1]),
+                parts[2],
+            ]:
+                failures.append(f"{name}: read back wrong")
+
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+    finally:
+        client.close()
