@@ -61,8 +61,10 @@ def probe_shared_tier(
         stored = client.set_absent([(key, [value])])[0]
         set_s = time.perf_counter() - started
         started = time.perf_counter()
-        back = client.get([key])[0]
+        into = bytearray(value_bytes)
+        reply = client.get_into([(key, [memoryview(into)])])[0]
         get_s = time.perf_counter() - started
+        back = bytes(into) if reply is True else reply
         client.delete([key])
     except SharedUnavailable as error:
         return SharedProbe(target.display, str(error), auth_failed=error.auth)
