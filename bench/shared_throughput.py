@@ -1,6 +1,9 @@
 """Shared tier throughput: SharedChunkStore stores and loads of chunk-sized values against
 redis-benchmark (or valkey-benchmark) SET/GET of the same value size, same server, same run
-(redis-benchmark without -r: one key, overwritten by SET and read back by GET).
+(redis-benchmark without -r: one key, overwritten by SET and read back by GET). The store
+writes distinct keys into an emptied server, which allocates fresh memory for each value
+while an overwritten key reuses its own: the "SET -r" columns add redis-benchmark SETs of
+random keys (-r 100000000, an emptied server, effectively every key new) for that comparison.
 
 The store does everything the tier does per chunk: EXISTS first, header + XXH3 checksum
 (+ MAC with --signed), SET NX; on load GET, header/key/length/checksum (+ MAC) checks and the
@@ -42,13 +45,21 @@ def benchmark_binary(server: ValkeyServer) -> str:
 
 
 def tool_mb_s(
-    tool: str, server: ValkeyServer, test: str, size: int, count: int, threads: int
+    tool: str,
+    server: ValkeyServer,
+    test: str,
+    size: int,
+    count: int,
+    threads: int,
+    random_keys: bool = False,
 ) -> float:
     """MB/s (1e6 bytes/s) of redis-benchmark's requests/s for one test."""
     command = [
         tool, "-p", str(server.port), "-t", test, "-d", str(size), "-n", str(count),
         "-c", str(threads), "-q",
     ]  # fmt: skip
+    if random_keys:
+        command += ["-r", "100000000"]
     if server.password:
         command += ["-a", server.password, "--no-auth-warning"]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -108,27 +119,33 @@ def main() -> None:
             parse_shared_url(server.url), b"bench", signer=signer, io_threads=args.threads,
             timeout_s=30,
         )  # fmt: skip
+        print(f"data path: {'lean RESP (resp_wire)' if store.client.lean else 'redis-py'}")
         try:
             print(
-                "\n| value | store MB/s | SET MB/s | store/SET | load MB/s | GET MB/s | load/GET |"
+                "\n| value | store MB/s | SET MB/s | store/SET | load MB/s | GET MB/s | load/GET "
+                "| SET -r MB/s | store/SET -r |"
             )
-            print("|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|")
             for size_kib in args.sizes_kib:
                 size = size_kib * KIB
                 count = max(16, args.mib * KIB // size_kib)
-                best = {"store": 0.0, "load": 0.0, "set": 0.0, "get": 0.0}
+                best = {"store": 0.0, "load": 0.0, "set": 0.0, "get": 0.0, "set_r": 0.0}
                 for attempt in range(args.repeat):
                     server.command("FLUSHALL")
                     put, got = store_mb_s(store, size, count, seed=attempt)
                     server.command("FLUSHALL")
                     set_ = tool_mb_s(tool, server, "set", size, count, args.threads)
                     get = tool_mb_s(tool, server, "get", size, count, args.threads)
-                    for name, value in (("store", put), ("load", got), ("set", set_), ("get", get)):
+                    server.command("FLUSHALL")
+                    set_r = tool_mb_s(tool, server, "set", size, count, args.threads, True)
+                    measured = {"store": put, "load": got, "set": set_, "get": get, "set_r": set_r}
+                    for name, value in measured.items():
                         best[name] = max(best[name], value)
                 label = f"{size_kib} KiB" if size_kib < 1024 else f"{size_kib // 1024} MiB"
                 print(f"| {label} | {best['store']:.0f} | {best['set']:.0f} | "
                       f"{best['store'] / best['set']:.2f} | {best['load']:.0f} | {best['get']:.0f} "
-                      f"| {best['load'] / best['get']:.2f} |")  # fmt: skip
+                      f"| {best['load'] / best['get']:.2f} | {best['set_r']:.0f} "
+                      f"| {best['store'] / best['set_r']:.2f} |")  # fmt: skip
         finally:
             store.close()
 

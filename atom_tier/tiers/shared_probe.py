@@ -58,11 +58,13 @@ def probe_shared_tier(
         key = f"{prefix}:doctor:{secrets.token_hex(8)}"
         value = os.urandom(value_bytes)
         started = time.perf_counter()
-        stored = client.set_absent([(key, value)])[0]
+        stored = client.set_absent([(key, [value])])[0]
         set_s = time.perf_counter() - started
         started = time.perf_counter()
-        back = client.get([key])[0]
+        into = bytearray(value_bytes)
+        reply = client.get_into([(key, [memoryview(into)])])[0]
         get_s = time.perf_counter() - started
+        back = bytes(into) if reply is True else reply
         client.delete([key])
     except SharedUnavailable as error:
         return SharedProbe(target.display, str(error), auth_failed=error.auth)

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from atom_tier.log import get_logger
 from atom_tier.tiers.breaker import BreakerState, CircuitBreaker
-from atom_tier.tiers.chunk_format import ChunkFormatError, CorruptionKind
+from atom_tier.tiers.chunk_format import HEADER_BLOCK, ChunkFormatError, CorruptionKind
 from atom_tier.tiers.io_jobs import JobsInFlight, submit_job
 from atom_tier.tiers.shared_client import (
     ServerFacts,
@@ -34,7 +34,14 @@ from atom_tier.tiers.shared_client import (
     SharedUnavailable,
 )
 from atom_tier.tiers.shared_url import SharedTarget
-from atom_tier.tiers.shared_value import Signer, UnsignedValueError, open_into, seal
+from atom_tier.tiers.shared_value import (
+    MAC_BYTES,
+    Signer,
+    UnsignedValueError,
+    open_into,
+    seal_parts,
+    verify_parts,
+)
 from atom_tier.tiers.tier_stats import Counters, WriteReport
 
 logger = get_logger(__name__)
@@ -270,7 +277,7 @@ class SharedChunkStore:
         try:
             present = self._call(self.client.exists, names)
             todo = [i for i, there in enumerate(present) if not there]
-            values = [(names[i], seal(self.namespace, *items[i], self.signer)) for i in todo]
+            values = [(names[i], seal_parts(self.namespace, *items[i], self.signer)) for i in todo]
             replies = self._call(self.client.set_absent, values) if values else []
         except (SharedUnavailable, BreakerOpen) as error:
             skipped = isinstance(error, BreakerOpen)
@@ -324,14 +331,26 @@ class SharedChunkStore:
         return self._inflight.track(job)
 
     def _read_group(self, items: list[tuple[int, bytes, memoryview]]) -> list[tuple[int, int]]:
-        """(position, bytes loaded) of each chunk that verified into its buffer."""
+        """(position, bytes loaded) of each chunk that verified into its buffer.
+
+        A value of the expected size is read straight into the chunk's buffer and verified
+        there, so a refused one may have written it: a chunk not reported loaded has a buffer
+        of no meaning (the NVMe tier's reads do the same; StoreTier never reports it loaded).
+        """
         names = [self.redis_key(key) for _, key, _ in items]
+        mac_size = MAC_BYTES if self.signer else 0
+        parts = [
+            (memoryview(bytearray(HEADER_BLOCK)), out.cast("B"), memoryview(bytearray(mac_size)))
+            for _, _, out in items
+        ]
         try:
-            values = self._call(self.client.get, names)
+            values = self._call(self.client.get_into, list(zip(names, parts, strict=True)))
         except (SharedUnavailable, BreakerOpen):
             return []
         loaded, bad = [], []
-        for (position, key, out), name, value in zip(items, names, values, strict=True):
+        for (position, key, out), name, value, (header, payload, mac) in zip(
+            items, names, values, parts, strict=True
+        ):
             if value is None:
                 self.counters.add("vanished")  # evicted or deleted since the lookup
                 continue
@@ -339,7 +358,10 @@ class SharedChunkStore:
                 self.counters.add("errors")
                 continue
             try:
-                open_into(value, self.namespace, key, out, self.signer)
+                if isinstance(value, bool):  # True: read into the buffers
+                    verify_parts(header, payload, mac, self.namespace, key, self.signer)
+                else:  # the whole value (redis-py, or a length other than expected)
+                    open_into(value, self.namespace, key, out, self.signer)
             except ChunkFormatError as error:
                 kind = "unsigned" if isinstance(error, UnsignedValueError) else error.kind.value
                 counter = "unsigned_dropped" if kind == "unsigned" else f"corrupt_{kind}"

@@ -94,14 +94,44 @@ def value_size(payload_len: int, signer: Signer | None) -> int:
     return HEADER_BLOCK + payload_len + (MAC_BYTES if signer else 0)
 
 
-def seal(namespace: bytes, key: bytes, payload: memoryview, signer: Signer | None) -> bytes:
-    """The value to store for ``payload``: one copy of it (``bytes.join``, no zero-filling)."""
+def seal_parts(
+    namespace: bytes, key: bytes, payload: memoryview, signer: Signer | None
+) -> list[bytes | memoryview]:
+    """The value to store for ``payload`` as its parts (header block, payload, MAC when
+    signed), for a scatter send: the payload is not copied."""
     flat = payload.cast("B")
     header = encode_header(namespace, key, flat.nbytes, payload_checksum(flat))
     parts: list[bytes | memoryview] = [header, flat]
     if signer is not None:
         parts.append(signer.mac(header, flat))
-    return b"".join(parts)
+    return parts
+
+
+def seal(namespace: bytes, key: bytes, payload: memoryview, signer: Signer | None) -> bytes:
+    """The value to store for ``payload``: one copy of it (``bytes.join``, no zero-filling)."""
+    return b"".join(seal_parts(namespace, key, payload, signer))
+
+
+def _check_mac(signer: Signer, mac: bytes | bytearray | memoryview, *body: memoryview) -> None:
+    if len(mac) != MAC_BYTES or not hmac.compare_digest(bytes(mac), signer.mac(*body)):
+        raise UnsignedValueError("missing or wrong MAC")
+
+
+def verify_parts(
+    header: bytes | bytearray | memoryview,
+    payload: memoryview,
+    mac: bytes | bytearray | memoryview,
+    namespace: bytes,
+    key: bytes,
+    signer: Signer | None,
+) -> None:
+    """Verify a value of the expected size that was read in its parts (header block,
+    payload already in the caller's buffer, MAC: empty when unsigned); the same checks as
+    :func:`open_into`. Raises ChunkFormatError."""
+    flat = payload.cast("B")
+    if signer is not None:
+        _check_mac(signer, mac, memoryview(header), flat)
+    verify_chunk(header, flat, flat.nbytes, namespace=namespace, key=key)
 
 
 def open_into(
@@ -117,10 +147,9 @@ def open_into(
         raise ChunkFormatError(CorruptionKind.TRUNCATED, f"value of {len(view)} bytes")
     if signer is not None:
         body_end = len(view) - MAC_BYTES
-        if body_end < HEADER_BLOCK or not hmac.compare_digest(
-            bytes(view[body_end:]), signer.mac(view[:body_end])
-        ):
+        if body_end < HEADER_BLOCK:
             raise UnsignedValueError("missing or wrong MAC")
+        _check_mac(signer, view[body_end:], view[:body_end])
     payload = view[HEADER_BLOCK : HEADER_BLOCK + out.nbytes]
     verify_chunk(view[:HEADER_BLOCK], payload, len(payload), namespace=namespace, key=key)
     if len(view) != expected:

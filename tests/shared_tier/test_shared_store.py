@@ -113,7 +113,13 @@ def test_damaged_values_are_misses_deleted_and_counted(
     else:
         fresh_valkey.command("SET", name, b"not a chunk")
     results, outs = _read(store, [key])
-    assert results == [False] and outs[0] == bytearray(CHUNK)
+    assert results == [False]
+    if damage in ("truncate", "garbage"):  # another length: read into scratch, not the buffer
+        assert outs[0] == bytearray(CHUNK)
+    # A value of the expected size is read into the buffer and verified there, so "flip" and
+    # "foreign_key" may have written it: a chunk not reported loaded has a buffer of no
+    # meaning (StoreTier._load_done never reports it loaded, and vLLM's tiering manager
+    # completes the write of a failed key with success=False).
     assert fresh_valkey.command("EXISTS", name) == 0  # deleted: the next lookup misses
     stats = store.stats()
     assert stats["corrupt_dropped"] == 1 and stats["read_failures"] == 1

@@ -7,7 +7,15 @@ import os
 import pytest
 
 from atom_tier.tiers.chunk_format import HEADER_BLOCK, ChunkFormatError, CorruptionKind
-from atom_tier.tiers.shared_value import MAC_BYTES, Signer, UnsignedValueError, open_into, seal
+from atom_tier.tiers.shared_value import (
+    MAC_BYTES,
+    Signer,
+    UnsignedValueError,
+    open_into,
+    seal,
+    seal_parts,
+    verify_parts,
+)
 
 NS, KEY = b"ns-1", b"\x01" * 16
 
@@ -83,3 +91,36 @@ def test_signer_never_shows_its_secret() -> None:
     assert Signer.from_secret("other").key_id != signer.key_id
     with pytest.raises(ValueError):
         Signer.from_secret("  \n")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("damage", [None, "payload", "header", "mac", "key"])
+def test_parts_verify_as_the_joined_value_does(signed: bool, damage: str | None) -> None:
+    """verify_parts (a value read in its parts, payload already in the buffer) refuses what
+    open_into refuses, with the same kind, and accepts what it accepts."""
+    signer = Signer.from_secret("s1") if signed else None
+    payload = _payload()
+    parts = [bytearray(p) for p in seal_parts(NS, KEY, payload, signer)]
+    assert len(parts) == (3 if signed else 2) and bytes(parts[1]) == payload
+    if damage == "payload":
+        parts[1][7] ^= 1
+    elif damage == "header":
+        parts[0][20] ^= 1
+    elif damage == "mac" and signed:
+        parts[2][0] ^= 1
+    key = b"\x02" * 16 if damage == "key" else KEY
+    mac = parts[2] if signed else b""
+    joined = b"".join(parts)
+    outcomes = []
+    for check in (
+        lambda: verify_parts(parts[0], memoryview(parts[1]), mac, NS, key, signer),
+        lambda: open_into(joined, NS, key, memoryview(bytearray(payload.nbytes)), signer),
+    ):
+        try:
+            check()
+            outcomes.append("ok")
+        except ChunkFormatError as error:
+            outcomes.append(f"{type(error).__name__} {error.kind}")
+    assert outcomes[0] == outcomes[1]
+    refused = damage in ("payload", "header", "key") or (damage == "mac" and signed)
+    assert (outcomes[0] != "ok") is refused
