@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from atom_tier.preflight.context import CheckContext
 from atom_tier.preflight.findings import Finding, Level, check
 from atom_tier.settings import ConnectorEngine, variable_of
-from atom_tier.tiers.shared_store import server_warnings
+from atom_tier.tiers.shared_client import server_warnings
 from atom_tier.tiers.shared_url import SharedUrlError, parse_shared_url
 from atom_tier.tiers.shared_value import load_signer
 

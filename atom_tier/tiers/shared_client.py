@@ -94,6 +94,22 @@ def lean_endpoint(target: SharedTarget) -> Endpoint | None:
     )
 
 
+def server_warnings(facts: ServerFacts) -> list[str]:
+    """What in the server's memory settings would hurt the tier, each with its fix."""
+    found = []
+    if facts.policy == "noeviction":
+        found.append(
+            "maxmemory-policy is noeviction: once full the server refuses every new chunk; "
+            "fix: `CONFIG SET maxmemory-policy allkeys-lru` (or allkeys-lfu) on every node"
+        )
+    if facts.maxmemory == 0:
+        found.append(
+            "maxmemory is 0 (no cap): the server grows until the host runs out of memory; "
+            "fix: `CONFIG SET maxmemory <bytes>` on every node"
+        )
+    return found
+
+
 def _unavailable(error: Exception) -> SharedUnavailable:
     auth = isinstance(error, redis.AuthenticationError | redis.exceptions.AuthorizationError)
     if not auth and isinstance(error, redis.ResponseError):

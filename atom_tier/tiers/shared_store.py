@@ -32,6 +32,7 @@ from atom_tier.tiers.shared_client import (
     ServerFull,
     SharedClient,
     SharedUnavailable,
+    server_warnings,
 )
 from atom_tier.tiers.shared_url import SharedTarget
 from atom_tier.tiers.shared_value import (
@@ -85,22 +86,6 @@ SETTING = "ATOM_TIER_SHARED_URL"
 
 class BreakerOpen(Exception):
     """The breaker refused the call: the tier is being skipped."""
-
-
-def server_warnings(facts: ServerFacts) -> list[str]:
-    """What in the server's memory settings would hurt the tier, each with its fix."""
-    found = []
-    if facts.policy == "noeviction":
-        found.append(
-            "maxmemory-policy is noeviction: once full the server refuses every new chunk; "
-            "fix: `CONFIG SET maxmemory-policy allkeys-lru` (or allkeys-lfu) on every node"
-        )
-    if facts.maxmemory == 0:
-        found.append(
-            "maxmemory is 0 (no cap): the server grows until the host runs out of memory; "
-            "fix: `CONFIG SET maxmemory <bytes>` on every node"
-        )
-    return found
 
 
 class SharedChunkStore:
@@ -313,11 +298,8 @@ class SharedChunkStore:
                 report.failed += 1
         report.seconds = time.monotonic() - started if report.written else 0.0
         increments = report.counter_increments()
-        increments.update(
-            stores_present=report.present,
-            stores_rejected_full=report.rejected,
-            stores_skipped=report.skipped,
-        )
+        increments.update(stores_present=report.present, stores_skipped=report.skipped)
+        increments["stores_rejected_full"] = report.rejected
         self.counters.add_many(increments)
         return report
 

@@ -105,14 +105,24 @@ def servers(module_server_factory: Callable[..., CpuVllmServer], env: dict[str, 
     return [module_server_factory(args=ARGS, env=env) for _ in range(2)]
 
 
+@pytest.fixture(scope="module")
+def native_hit(servers: list[CpuVllmServer], reference: dict[int, str]) -> dict[str, Any]:
+    """The prefix served cold by replica 1 (which stores it), then from its own prefix cache:
+    the logprobs any correct reload of the same KV bytes must reproduce."""
+    one = servers[0]
+    assert run(one, tokens(PREFIX))["text"] == reference[PREFIX]
+    wait_for(lambda: one.metric_sum(M + "writes") >= 2)
+    return run(one, tokens(PREFIX))
+
+
 def test_a_prefix_stored_by_one_replica_is_served_by_another(
-    servers: list[CpuVllmServer], cache: ValkeyServer, reference: dict[int, str]
+    servers: list[CpuVllmServer],
+    cache: ValkeyServer,
+    reference: dict[int, str],
+    native_hit: dict[str, Any],
 ) -> None:
     one, two = servers
     prompt = tokens(PREFIX)
-    assert run(one, prompt)["text"] == reference[PREFIX]
-    wait_for(lambda: one.metric_sum(M + "writes") >= 2)
-    native_hit = run(one, prompt)  # server 1's own prefix cache: the same KV bytes
     with Delta(two) as delta:
         warm = run(two, prompt)
     reused = 2 * CHUNK_TOKENS
@@ -132,6 +142,7 @@ def test_after_both_replicas_restart_the_prefix_still_hits(
     module_server_factory: Callable[..., CpuVllmServer],
     env: dict[str, str],
     reference: dict[int, str],
+    native_hit: dict[str, Any],
 ) -> None:
     for server in servers:
         server.stop(sig=signal.SIGINT)
@@ -140,6 +151,7 @@ def test_after_both_replicas_restart_the_prefix_still_hits(
         warm = run(servers[1], tokens(PREFIX))
     assert delta("vllm:kv_offload_tiering_chunk_hits", **SHARED) == 2
     assert warm["text"] == reference[PREFIX]
+    assert warm["logprobs"]["token_logprobs"] == native_hit["logprobs"]["token_logprobs"]
 
 
 def test_a_dead_cache_server_fails_no_request_and_the_tier_recovers(

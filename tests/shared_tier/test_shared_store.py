@@ -17,7 +17,8 @@ import pytest
 from atom_tier.devtools.valkey_cluster import ValkeyCluster
 from atom_tier.devtools.valkey_server import ValkeyServer
 from atom_tier.tiers.chunk_format import HEADER_BLOCK
-from atom_tier.tiers.shared_store import LOOKUP_WINDOW, SharedChunkStore, server_warnings
+from atom_tier.tiers.shared_client import server_warnings
+from atom_tier.tiers.shared_store import LOOKUP_WINDOW, SharedChunkStore
 from atom_tier.tiers.shared_url import parse_shared_url
 from atom_tier.tiers.shared_value import Signer
 
