@@ -191,10 +191,14 @@ def run_pass_shared(
             # histogram, from the first deferred lookup to the request's admission.
             delay = on.metric_sum("vllm:kv_offload_lookup_async_delay_seconds_sum")
             count = on.metric_sum("vllm:kv_offload_lookup_async_delay_seconds_count")
-            if count:
-                mean_ms = 1e3 * delay / count
-                print(f"async lookup delay in arm on: {mean_ms:.2f} ms mean over {count:.0f} "
-                      "requests (vllm:kv_offload_lookup_async_delay_seconds)")  # fmt: skip
+            mean_ms = 1e3 * delay / count if count else 0.0
+            print(f"async lookup delay in arm on: {mean_ms:.2f} ms mean over {count:.0f} "
+                  "deferred requests (vllm:kv_offload_lookup_async_delay_seconds)")  # fmt: skip
+            # The scheduler thread's own wait: the first-key probe of each new prompt.
+            probes = on.metric_sum("atom_tier:shared_tier_probes")
+            probe_ms = 1e3 * on.metric_sum("atom_tier:shared_tier_probe_seconds") / max(probes, 1)
+            print(f"first-key probes in arm on: {probes:.0f}, {probe_ms:.3f} ms mean "
+                  "(atom_tier:shared_tier_probe_seconds)")  # fmt: skip
         for server in servers.values():
             server.stop()
     return times

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from atom_tier.devtools.valkey_server import ValkeyServer
@@ -34,6 +36,7 @@ from atom_tier.tiers.shared_url import parse_shared_url
 from atom_tier.tiers.shared_value import Signer
 
 KIB = 1024
+JOBS_IN_FLIGHT = 4
 
 
 def benchmark_binary(server: ValkeyServer) -> str:
@@ -70,7 +73,8 @@ def tool_mb_s(
 
 
 def store_mb_s(store: SharedChunkStore, size: int, count: int, seed: int) -> tuple[float, float]:
-    """(store MB/s, load MB/s) of ``count`` distinct chunks in jobs of 16."""
+    """(store MB/s, load MB/s) of ``count`` distinct chunks in jobs of 16 (all stores submitted
+    at once, loads JOBS_IN_FLIGHT jobs at a time)."""
     payloads = [memoryview(bytearray(os.urandom(size))) for _ in range(min(count, 16))]
     keys = [seed.to_bytes(4, "big") + i.to_bytes(4, "big") for i in range(count)]
     items = [(key, payloads[i % len(payloads)]) for i, key in enumerate(keys)]
@@ -78,12 +82,19 @@ def store_mb_s(store: SharedChunkStore, size: int, count: int, seed: int) -> tup
     futures = [store.submit_writes(items[i : i + 16]) for i in range(0, count, 16)]
     written = sum(f.result().written for f in futures)
     store_s = time.perf_counter() - started
-    outs = [memoryview(bytearray(size)) for _ in range(16)]
+    # Loads keep JOBS_IN_FLIGHT jobs going, each into its own buffers, as vLLM's tiering
+    # manager does (a promotion job per scheduler step, several steps in flight).
+    buffers = [[memoryview(bytearray(size)) for _ in range(16)] for _ in range(JOBS_IN_FLIGHT)]
+    in_flight: deque[Future[list[bool]]] = deque()
     started = time.perf_counter()
     loaded = 0
-    for first in range(0, count, 16):
+    for job, first in enumerate(range(0, count, 16)):
+        if len(in_flight) == JOBS_IN_FLIGHT:  # the oldest job used this job's buffers
+            loaded += sum(in_flight.popleft().result())
+        outs = buffers[job % JOBS_IN_FLIGHT]
         batch = [(keys[first + j], outs[j]) for j in range(min(16, count - first))]
-        loaded += sum(store.submit_reads(batch).result())
+        in_flight.append(store.submit_reads(batch))
+    loaded += sum(sum(f.result()) for f in in_flight)
     load_s = time.perf_counter() - started
     if written != count or loaded != count:
         raise RuntimeError(f"wrote {written} and loaded {loaded} of {count}")
