@@ -54,6 +54,7 @@ class DeviceCache:
         self.size: dict[int, int] = {}  # blocks of a cached or held key not a whole chunk
         self.cached_blocks = self.held_blocks = 0
         self.running: list[tuple[float, int, list[int], int]] = []
+        self._pending: tuple[int, list[int], int] | None = None
 
     def __contains__(self, key: object) -> bool:
         return key in self.cached or key in self.held
@@ -74,6 +75,30 @@ class DeviceCache:
                     self.cached_blocks += weight
                     self.held_blocks -= weight
 
+    def new_blocks(self, request: PlannedRequest) -> int:
+        """Blocks ``request``'s prompt needs beyond those running requests hold already."""
+        held, size, per_chunk = self.held, self.size, self.per_chunk
+        shared = sum(size.get(k, per_chunk) for k in request.chain[: request.covered_chunks]
+                     if k in held)  # fmt: skip
+        warm = request.warm_partial
+        if warm is not None and warm[2] in held:
+            shared += warm[1]
+        return max(0, -(-request.input_tokens // self.block) - shared)
+
+    def admit(self, request: PlannedRequest, time: float) -> float:
+        """When ``request``, first in line at ``time``, is admitted: once the blocks no running
+        request holds can take its prompt's new blocks (vLLM's admission gate,
+        ``KVCacheManager.allocate_slots`` with ``full_sequence_must_fit``; cached blocks no
+        request holds are evictable, so free); at once when none runs or the pool is
+        infinite."""
+        self._end_running(time)
+        if self.capacity is None:
+            return time
+        while self.running and self.capacity - self.held_blocks < self.new_blocks(request):
+            time = max(time, self.running[0][0])
+            self._end_running(time)
+        return time
+
     def _evict(self) -> None:
         if self.capacity is None:
             return
@@ -83,6 +108,19 @@ class DeviceCache:
 
     def step(self, request: PlannedRequest, time: float, end: float) -> int:
         """Hit tokens of ``request``, looked up at ``time``; it holds its blocks until ``end``."""
+        hit = self.lookup(request, time)
+        self.hold(end)
+        return hit
+
+    def hold(self, end: float) -> None:
+        """The request last looked up holds its blocks until ``end``."""
+        if self.capacity is not None and self._pending is not None:
+            heapq.heappush(self.running, (end, *self._pending))
+        self._pending = None
+
+    def lookup(self, request: PlannedRequest, time: float) -> int:
+        """Hit tokens of ``request``, looked up at ``time``; :meth:`hold` says until when it
+        holds its blocks (a time model needs the hit to place the end)."""
         chunk, block, per_chunk = self.chunk, self.block, self.per_chunk
         held, cached = self.held, self.cached
         self._end_running(time)
@@ -137,9 +175,8 @@ class DeviceCache:
                     self.size[key] = weight
             held[key] = 1
             self.held_blocks += weight
-        if self.capacity is not None:
-            self._evict()
-            heapq.heappush(self.running, (end, request.serial, used, unshared))
+        self._evict()
+        self._pending = (request.serial, used, unshared)
         return hit
 
 

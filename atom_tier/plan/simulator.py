@@ -95,6 +95,7 @@ class Hierarchy:
         self.dram = make_policy(spec.dram.policy, spec.dram.chunks)
         self.connector = self.dram.capacity > 0  # no DRAM tier: no connector (loads go via DRAM)
         self.finishing: list[tuple[float, int, list[int], set[int], set[int]]] = []
+        self._pending: tuple[float, int, list[int], set[int], set[int]] | None = None
         self.secondaries: list[tuple[str, CachePolicy]] = [
             (tier.name, make_policy(tier.policy, tier.chunks))
             for tier in spec.secondaries
@@ -187,9 +188,26 @@ class Hierarchy:
         return sources
 
     def step(self, request: PlannedRequest, device_tokens: int, time: float, end: float) -> int:
+        """:meth:`lookup` and :meth:`hold` in one."""
+        loaded = self.lookup(request, device_tokens, time)
+        self.hold(end)
+        return loaded
+
+    def hold(self, end: float) -> None:
+        """The request last looked up ends at ``end``: the DRAM policy sees its recency
+        update then (at once when ``end`` is not after its lookup)."""
+        if self._pending is None:
+            return
+        time, serial, used, insertion_only, reused = self._pending
+        self._pending = None
+        if end > time:
+            heapq.heappush(self.finishing, (end, serial, used, insertion_only, reused))
+        else:
+            self.dram.on_request_finished(used, insertion_only, reused)
+
+    def lookup(self, request: PlannedRequest, device_tokens: int, time: float) -> int:
         """Apply ``request``, looked up at ``time`` with ``device_tokens`` hit on the device;
-        the DRAM policy sees its recency update at ``end`` (when it ends in vLLM). Returns the
-        tokens loaded from the tiers."""
+        returns the tokens it loads from the tiers. :meth:`hold` says when it ends."""
         chunk = self.chunk
         result, dram, tiers = self.result, self.dram, self.result.tiers
         # vLLM updates the DRAM tier's recency when a request ends, not when it is looked up
@@ -234,10 +252,7 @@ class Hierarchy:
         used = list(keys[start:stop]) + offered
         insertion_only = set(inserted)
         reused = {key for key in used if key not in insertion_only and key in dram}
-        if end > time:
-            heapq.heappush(self.finishing, (end, request.serial, used, insertion_only, reused))
-        else:
-            dram.on_request_finished(used, insertion_only, reused)
+        self._pending = (time, request.serial, used, insertion_only, reused)
         return loaded
 
     def finish(self, time: float = math.inf) -> None:
