@@ -3,14 +3,16 @@
 Runs ``atom-tier plan``'s simulator on exactly the configuration of ``bench/three_arms.py``
 (its defaults, or the same flags: traces, token scale, think times, users, duration, KV pool,
 DRAM and NVMe sizes) for each arm whose results are in ``--results`` (``arm-X/results``, as
-three_arms.py leaves them), with each arm's request time taken from what the arm measured: the
-mean latency of its completed requests (sets how users interleave) and, for how long a request
-holds its KV blocks on the device, the server's busy time per request (replay seconds x
-requests running at once / completed requests; see ``hold_seconds``).
+three_arms.py leaves them), with each request's time from a time model of one server
+(``--latency blocks``, the default, or ``throughput``; atom_tier/plan/latency.py) whose rates
+are the arm's (``arm-X/metrics-end.txt``: vLLM's prefill, decode and inference times, computed
+and generated tokens, the connector's loads), each flag-overridable and printed with the
+result; or, with ``--latency constant``, every request taking the arm's mean latency (how
+users interleave) and holding its device blocks for vLLM's mean inference time.
 
     PYTHONPATH=. .venv/bin/python bench/plan_vs_arms.py [three_arms.py flags] \
-        [--results out/three-arms] [--request-s 0] [--align] [--measured-times] \
-        [--json out/plan-vs-arms.json]
+        [--results out/three-arms] [--latency blocks|throughput|constant] [--align] \
+        [--measured-times] [--json out/plan-vs-arms.json]
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         "takes the arm's mean latency (--request-s) and holds its blocks --hold-s",
     )
     own.add_argument("--overhead-s", type=float, default=0.0, help="time model: per request")
+    own.add_argument("--prefill-tok-s", type=float, help="time model: instead of the arm's")
+    own.add_argument("--decode-s", type=float, help="time model: per output token, instead")
+    own.add_argument("--load-tok-s", type=float, help="time model: instead of the arm's")
+    own.add_argument("--running", type=float, help="throughput admission: instead of the arm's")
     mine, rest = own.parse_known_args(argv)
     opts = arm_args(rest)
     opts.chunk_tokens = mine.chunk_tokens
@@ -246,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed_s=got["elapsed_s"],
                 admission=mine.latency,
                 overhead_s=mine.overhead_s,
+            )
+            given = {
+                "prefill_tokens_per_s": mine.prefill_tok_s,
+                "decode_s_per_token": mine.decode_s,
+                "load_tokens_per_s": mine.load_tok_s,
+                "running": mine.running,
+            }
+            server = dataclasses.replace(
+                server, **{k: v for k, v in given.items() if v is not None}
             )
         pred = predict(
             opts, traces.sessions, arm, request_s, hold_s, aligned,
