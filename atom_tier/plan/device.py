@@ -61,9 +61,13 @@ class DeviceCache:
 
     def _end_running(self, time: float) -> None:
         running, held, cached, size = self.running, self.held, self.cached, self.size
+        if not running or running[0][0] > time:
+            return
+        per_chunk, get_size = self.per_chunk, size.get
+        moved = unshared_freed = 0  # blocks from held to cached; unhashed blocks freed
         while running and running[0][0] <= time:
             _, _, ended, unshared = heapq.heappop(running)
-            self.held_blocks -= unshared  # no hash: freed to the front of the queue
+            unshared_freed += unshared  # no hash: freed to the front of the queue
             for key in reversed(ended):  # tail first: the head ends newest
                 count = held[key] - 1
                 if count:
@@ -71,9 +75,9 @@ class DeviceCache:
                 else:
                     del held[key]
                     cached[key] = None
-                    weight = size.get(key, self.per_chunk)
-                    self.cached_blocks += weight
-                    self.held_blocks -= weight
+                    moved += get_size(key, per_chunk)
+        self.cached_blocks += moved
+        self.held_blocks -= moved + unshared_freed
 
     def new_blocks(self, request: PlannedRequest) -> int:
         """Blocks ``request``'s prompt needs beyond those running requests hold already."""
@@ -159,7 +163,8 @@ class DeviceCache:
         # two per request, counted here with the unhashed ones.)
         last_token = request.input_tokens + request.output_tokens - 1
         unshared = max(0, -(-last_token // block) - shared_blocks)
-        self.held_blocks += unshared
+        size = self.size
+        taken = newly_held = 0  # blocks from cached to held; blocks held anew
         for key in used:
             holders = held.get(key)
             if holders:
@@ -167,14 +172,16 @@ class DeviceCache:
                 continue
             if key in cached:
                 del cached[key]
-                weight = self.size.get(key, per_chunk)
-                self.cached_blocks -= weight
+                weight = size.get(key, per_chunk)
+                taken += weight
             else:
                 weight = sizes.get(key, per_chunk)
                 if weight != per_chunk:
-                    self.size[key] = weight
+                    size[key] = weight
             held[key] = 1
-            self.held_blocks += weight
+            newly_held += weight
+        self.cached_blocks -= taken
+        self.held_blocks += unshared + newly_held
         self._evict()
         self._pending = (request.serial, used, unshared)
         return hit
