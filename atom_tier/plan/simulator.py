@@ -20,9 +20,10 @@ manager) and atom-tier's NVMe tier:
    does not hold it (write-on-store; an NVMe write or read makes the chunk its most recent).
 4. **Recency**: the DRAM policy sees every chunk the request loaded or offered, head first.
 
-Left out, because they need a time model: chunks pinned while a transfer or a running request
-holds them, and a request that waits for its promotions (the simulator applies each request
-at once, in arrival order).
+Each request is applied at once when it is looked up: at its arrival, or, with the time
+model of :mod:`atom_tier.plan.latency`, when the server admits it (:meth:`Hierarchy.lookup`
+and :meth:`Hierarchy.hold` take one request at a time). Left out: chunks pinned while a
+transfer holds them, and a request that waits for its promotions.
 """
 
 from __future__ import annotations
