@@ -3,14 +3,16 @@
 Runs ``atom-tier plan``'s simulator on exactly the configuration of ``bench/three_arms.py``
 (its defaults, or the same flags: traces, token scale, think times, users, duration, KV pool,
 DRAM and NVMe sizes) for each arm whose results are in ``--results`` (``arm-X/results``, as
-three_arms.py leaves them), with each arm's request time taken from what the arm measured: the
-mean latency of its completed requests (sets how users interleave) and, for how long a request
-holds its KV blocks on the device, the server's busy time per request (replay seconds x
-requests running at once / completed requests; see ``hold_seconds``).
+three_arms.py leaves them), with each request's time from a time model of one server
+(``--latency blocks``, the default, or ``throughput``; atom_tier/plan/latency.py) whose rates
+are the arm's (``arm-X/metrics-end.txt``: vLLM's prefill, decode and inference times, computed
+and generated tokens, the connector's loads), each flag-overridable and printed with the
+result; or, with ``--latency constant``, every request taking the arm's mean latency (how
+users interleave) and holding its device blocks for vLLM's mean inference time.
 
     PYTHONPATH=. .venv/bin/python bench/plan_vs_arms.py [three_arms.py flags] \
-        [--results out/three-arms] [--request-s 0] [--align] [--measured-times] \
-        [--json out/plan-vs-arms.json]
+        [--results out/three-arms] [--latency blocks|throughput|constant] [--align] \
+        [--measured-times] [--json out/plan-vs-arms.json]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from three_arms import METRICS_END, REPO
 from three_arms import parse_args as arm_args
 from three_arms_setup import machine
 
+from atom_tier.plan.latency import ServerModel, TimedSimulation, server_model_from_metrics
 from atom_tier.plan.simulator import (
     DEVICE,
     DRAM,
@@ -113,6 +116,10 @@ def at_measured_times(workload: Workload, requests_csv: Path) -> Workload:
     return dataclasses.replace(workload, requests=requests)
 
 
+def kv_bytes_per_token(opts: argparse.Namespace) -> int:
+    return opts.layers * 2 * 64 * 2 * 2 if opts.model == "bench" else 512
+
+
 def predict(
     opts: argparse.Namespace,
     sessions: Any,
@@ -121,7 +128,10 @@ def predict(
     hold_s: float,
     requests: int | None = None,
     measured_times: Path | None = None,
+    server: ServerModel | None = None,
 ) -> dict[str, Any]:
+    """``server``: the time model (each request's own latency); None: ``request_s`` and
+    ``hold_s`` for every request."""
     options = WorkloadOptions(
         users=opts.users,
         token_scale=opts.token_scale,
@@ -138,15 +148,27 @@ def predict(
         warm_prefix_pct=opts.warm_prefix_pct,
     )
     chunk = opts.chunk_tokens
-    workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)
-    if measured_times is not None:
-        workload = at_measured_times(workload, measured_times)
-    kv = opts.layers * 2 * 64 * 2 * 2 if opts.model == "bench" else 512
-    per_chunk = chunk * kv
-    device = device_hits(workload, opts.kv_blocks * BLOCK_TOKENS // chunk, hold_s)
+    per_chunk = chunk * kv_bytes_per_token(opts)
     dram = int(opts.dram_gb * GIB // per_chunk) if arm in "BC" else 0
     nvme = (TierSpec(NVME, int(opts.nvme_gb * GIB // per_chunk)),) if arm == "C" else ()
-    result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme), hold_s)
+    spec = HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme)
+    device_chunks = opts.kv_blocks * BLOCK_TOKENS // chunk
+    timed = None
+    if server is not None and measured_times is None:
+        timed = TimedSimulation(
+            spec, device_chunks, server, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS
+        )
+        workload = build_workload(
+            sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS,
+            respond=timed.respond,
+        )  # fmt: skip
+        result = timed.result()
+    else:
+        workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)
+        if measured_times is not None:
+            workload = at_measured_times(workload, measured_times)
+        device = device_hits(workload, device_chunks, hold_s)
+        result = simulate(workload, device, spec, hold_s)
     hits = {source: float(result.tiers[name].hit_tokens) if name in result.tiers else 0.0
             for name, source in TIERS}  # fmt: skip
     return {
@@ -154,8 +176,10 @@ def predict(
         "prompt_tokens": result.prompt_tokens,
         "hit_tokens": hits,
         "prefill_tokens": float(result.prefill_tokens),
-        "request_s": request_s,
-        "hold_s": hold_s,
+        "request_s": request_s if timed is None else None,
+        "hold_s": hold_s if timed is None else None,
+        "mean_latency_s": timed.times.mean_latency_s if timed is not None else None,
+        "mean_queue_s": timed.times.mean_queue_s if timed is not None else None,
     }
 
 
@@ -185,6 +209,20 @@ def main(argv: list[str] | None = None) -> int:
         help="send each request when the arm sent it (its requests.csv) instead of at the "
         "planner's closed-loop times, to tell the cache model from the time model",
     )
+    own.add_argument(
+        "--latency",
+        choices=("blocks", "throughput", "constant"),
+        default="blocks",
+        help="blocks / throughput: each request's own time from a server model whose rates "
+        "are the arm's (its metrics-end.txt), admitted when the device blocks allow it or at "
+        "the arm's measured throughput (atom_tier/plan/latency.py); constant: every request "
+        "takes the arm's mean latency (--request-s) and holds its blocks --hold-s",
+    )
+    own.add_argument("--overhead-s", type=float, default=0.0, help="time model: per request")
+    own.add_argument("--prefill-tok-s", type=float, help="time model: instead of the arm's")
+    own.add_argument("--decode-s", type=float, help="time model: per output token, instead")
+    own.add_argument("--load-tok-s", type=float, help="time model: instead of the arm's")
+    own.add_argument("--running", type=float, help="throughput admission: instead of the arm's")
     mine, rest = own.parse_known_args(argv)
     opts = arm_args(rest)
     opts.chunk_tokens = mine.chunk_tokens
@@ -203,17 +241,47 @@ def main(argv: list[str] | None = None) -> int:
             hold_s = times["running_s"] if times is not None else request_s
         aligned = int(times["admitted"]) if times is not None and mine.align else None
         sent = mine.results / f"arm-{arm}" / "results" / "requests.csv"
+        metrics_path = mine.results / f"arm-{arm}" / METRICS_END
+        server = None
+        if mine.latency != "constant" and not mine.measured_times:
+            if not metrics_path.is_file():
+                raise SystemExit(f"{metrics_path}: missing; the time model reads its rates")
+            server = server_model_from_metrics(
+                metrics_path.read_text(),
+                kv_bytes_per_token=kv_bytes_per_token(opts),
+                elapsed_s=got["elapsed_s"],
+                admission=mine.latency,
+                overhead_s=mine.overhead_s,
+            )
+            given = {
+                "prefill_tokens_per_s": mine.prefill_tok_s,
+                "decode_s_per_token": mine.decode_s,
+                "load_tokens_per_s": mine.load_tok_s,
+                "running": mine.running,
+            }
+            server = dataclasses.replace(
+                server, **{k: v for k, v in given.items() if v is not None}
+            )
         pred = predict(
             opts, traces.sessions, arm, request_s, hold_s, aligned,
-            sent if mine.measured_times else None,
+            sent if mine.measured_times else None, server,
         )  # fmt: skip
         document[arm] = {"measured": got, "predicted": pred}
-        held = (
-            "server's running time" if times is not None and mine.hold_s is None
-            else "given" if mine.hold_s is not None else "= request time: no server metrics"
-        )  # fmt: skip
-        rows.append(f"| **{arm}** | request {request_s:.2f} s (mean latency), hold {hold_s:.2f} "
-                    f"s ({held}) | | | |")  # fmt: skip
+        if server is not None:
+            document[arm]["server_model"] = dataclasses.asdict(server)
+            rows.append(f"| **{arm}** | time model: {server.describe()} | | | |")
+            queue_m = f"{times['queue_s']:.2f}" if times is not None else "?"
+            latency = pred["mean_latency_s"]
+            rows.append(f"| {arm} mean latency / queue s | {got['mean_latency_s']:.2f} / "
+                        f"{queue_m} | {latency:.2f} / {pred['mean_queue_s']:.2f} | "
+                        f"{_diff(latency, got['mean_latency_s'])} | |")  # fmt: skip
+        else:
+            held = (
+                "server's running time" if times is not None and mine.hold_s is None
+                else "given" if mine.hold_s is not None else "= request time: no server metrics"
+            )  # fmt: skip
+            rows.append(f"| **{arm}** | request {request_s:.2f} s (mean latency), hold "
+                        f"{hold_s:.2f} s ({held}) | | | |")  # fmt: skip
         rows.append(f"| {arm} requests | {got['completed']:,} | {pred['requests']:,} | "
                     f"{_diff(pred['requests'], got['completed'])} | |")  # fmt: skip
         for _, source in TIERS:

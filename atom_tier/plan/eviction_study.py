@@ -86,7 +86,7 @@ class _Recorder(CachePolicy):
 
 class _Study(Hierarchy):
     def __init__(self, workload: Workload, spec: HierarchySpec, sample_every: int) -> None:
-        super().__init__(spec)
+        super().__init__(spec, workload.chunk_tokens)
         self.facts = EvictionFacts(spec.dram.policy, spec.dram.chunks)
         self.dram = _Recorder(self.dram, self)
         self.requests = workload.requests

@@ -9,8 +9,8 @@ request whose input is longer than the max context (kv-cache-tester's rule, the 
 starts with the replay's warm prefix (kv-cache-tester's ``--warm-prefix-pct``): the chunks it
 fills have one key in every session, as the canonical tokens are the same in every prompt.
 The only timing the planner adds is how long a request takes: ``request_s`` seconds, the same
-for every request (0 by default: think times alone set the order). Lengths are the replay's
-(:meth:`~atom_tier.replay.tokens.TokenMapper.shape`).
+for every request (0 by default: think times alone set the order), or a time model's
+answer (``respond``). Lengths are the replay's (:meth:`~atom_tier.replay.tokens.TokenMapper.shape`).
 
 Keys: a trace block id stands for ``block_tokens`` tokens; a chunk of ``chunk_tokens`` tokens is
 the same content wherever the ids up to its end are the same (within one trace scope and one
@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,8 +190,13 @@ def build_workload(
     *,
     chunk_tokens: int,
     block_tokens: int,
+    respond: Callable[[PlannedRequest], float] | None = None,
 ) -> Workload:
-    """The requests ``options.users`` closed-loop users send, in the order they arrive."""
+    """The requests ``options.users`` closed-loop users send, in the order they arrive.
+
+    ``respond``: called with each request as it is sent, in that order; returns when its
+    answer comes back (a time model, :mod:`atom_tier.plan.latency`). Without it, each answer
+    comes ``options.request_s`` after the request."""
     options.validate()
     if chunk_tokens < 1 or block_tokens < 1 or chunk_tokens % block_tokens:
         raise ReplayInputError(
@@ -292,7 +297,7 @@ def build_workload(
             )
         )
         end_time = max(end_time, now)
-        done = now + options.request_s
+        done = now + options.request_s if respond is None else respond(requests[-1])
         if index + 1 < len(session.requests):
             state[user] = (session, cycle, index + 1)
             think = scaled_think(
