@@ -99,6 +99,18 @@ def _store(manager: TieringOffloadingManager, tier: AtomTierSharedTier, ids: ran
     manager.on_request_finished(req)
 
 
+def _reader_after_store(
+    open_manager: Opener, stored: range
+) -> tuple[TieringOffloadingManager, AtomTierSharedTier, ReqContext]:
+    """Replica 1 stores ``stored``; replica 2 and a new request on it, ready to look up."""
+    one, one_tier = open_manager()
+    _store(one, one_tier, stored)
+    two, two_tier = open_manager()
+    reader = ReqContext(req_id="reader")
+    two.on_new_request(reader)
+    return two, two_tier, reader
+
+
 def _load(manager: TieringOffloadingManager, req: ReqContext, i: int) -> tuple[list[str], Any]:
     """Lookup results until vLLM's manager settles, and the DRAM bytes on a hit."""
     seen: list[str] = []
@@ -141,11 +153,7 @@ def test_a_chunk_stored_by_one_replica_is_promoted_in_another(open_manager: Open
 def test_a_value_gone_before_its_load_is_a_miss_not_a_retry_loop(
     open_manager: Opener, fresh_valkey: ValkeyServer
 ) -> None:
-    one, one_tier = open_manager()
-    _store(one, one_tier, range(0, 1))
-    two, two_tier = open_manager()
-    reader = ReqContext(req_id="reader")
-    two.on_new_request(reader)
+    two, two_tier, reader = _reader_after_store(open_manager, range(0, 1))
     assert two.lookup(_key(0), reader) is LookupResult.RETRY
     two.on_schedule_end(END_OF_STEP)
     deadline = time.monotonic() + 10
@@ -191,11 +199,7 @@ def test_a_first_chunk_the_server_lacks_is_a_miss_in_the_same_step(open_manager:
 def test_only_the_first_chunk_is_probed_and_a_present_one_goes_async(
     open_manager: Opener,
 ) -> None:
-    one, one_tier = open_manager()
-    _store(one, one_tier, range(0, 2))
-    two, two_tier = open_manager()
-    reader = ReqContext(req_id="reader")
-    two.on_new_request(reader)
+    two, two_tier, reader = _reader_after_store(open_manager, range(0, 2))
     seen, data = _load(two, reader, 0)
     assert seen[0] == "RETRY" and data == payload_for(_key(0), CHUNK_BYTES)
     # The request's next key is not probed: the background lookup answers it.
