@@ -107,11 +107,6 @@ def seal_parts(
     return parts
 
 
-def seal(namespace: bytes, key: bytes, payload: memoryview, signer: Signer | None) -> bytes:
-    """The value to store for ``payload``: one copy of it (``bytes.join``, no zero-filling)."""
-    return b"".join(seal_parts(namespace, key, payload, signer))
-
-
 def _check_mac(signer: Signer, mac: bytes | bytearray | memoryview, *body: memoryview) -> None:
     if len(mac) != MAC_BYTES or not hmac.compare_digest(bytes(mac), signer.mac(*body)):
         raise UnsignedValueError("missing or wrong MAC")
