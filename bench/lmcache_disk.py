@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nvme_tier import aligned, drop_caches, machine
+from nvme_tier import aligned, drop_caches, machine, raw_files
 
 MIB = 2**20
 GIB = 2**30
@@ -269,6 +269,12 @@ def main() -> None:
     parser.add_argument(
         "--lmcache-odirect", action="store_true", help="also LMCache with use_odirect=True"
     )
+    parser.add_argument(
+        "--raw-files",
+        action="store_true",
+        help="also one O_DIRECT file per chunk, 8 threads, no header or checksum: what any "
+        "store of a file per chunk can reach on this disk",
+    )
     args = parser.parse_args()
     os.environ.setdefault("LMCACHE_LOG_LEVEL", "ERROR")
     os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
@@ -295,10 +301,13 @@ def main() -> None:
             n = max(1, args.total_mib * MIB // chunk)
             src = np.frombuffer(aligned(n * chunk), dtype=np.uint8)
             results: dict[str, list[Pass]] = {name: [] for name in arms}
+            raw: list[tuple[float, float]] = []
             for r in range(args.repeat):
                 order = list(arms) if r % 2 == 0 else list(reversed(arms))
                 for name in order:
                     results[name].append(arms[name](work, src, chunk, args.batch_chunks))
+                if args.raw_files:
+                    raw.append(raw_files(Path(tempfile.mkdtemp(dir=work)), n, chunk, 8))
             total = n * chunk
             print(
                 f"\nchunk {chunk / MIB:g} MiB x {n} ({total / MIB:.0f} MiB/pass), "
@@ -331,6 +340,14 @@ def main() -> None:
                         f"atom-tier / {name}: write {a[0] / b[0]:.2f}x, "
                         f"write+sync {a[1] / b[1]:.2f}x, read {a[2] / b[2]:.2f}x"
                     )
+            if raw:
+                raw_w = statistics.median(w for w, _ in raw)
+                raw_r = statistics.median(r for _, r in raw)
+                print(
+                    f"raw O_DIRECT files, 8 threads: write {raw_w:.2f}, read {raw_r:.2f} GB/s "
+                    f"(atom-tier {a[0] / raw_w:.2f}x, {a[2] / raw_r:.2f}x; LMCache read / raw "
+                    f"{rates['LMCache'][2] / raw_r:.2f}x)"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if failed:

@@ -5,11 +5,13 @@ One of the tier's two engines (:mod:`.engines` chooses; :mod:`.aiofile_engine` i
 ``direct``  O_DIRECT with aligned buffers. Page-aligned DRAM-tier slots are written from and
             read into directly (zero copy); anything unaligned goes through a bounce buffer
             from an mmap-backed aligned pool. The positional syscalls (``pwritev``/``preadv``)
-            release the GIL, so the store's I/O threads overlap them. Every payload's
+            release the GIL, so the store's I/O threads overlap them. A large payload's
             checksum is computed on the I/O thread's hash lane (:mod:`.hash_lane`) while
             the I/O goes on: on write the body goes out while it is hashed and the header,
             which holds the checksum, last; on read each piece is hashed while the next
-            one is read. Nothing is published or returned before its checksum is settled.
+            one is read. A small payload is hashed on the I/O thread, before its one write
+            or after its one read. Nothing is published or returned before its checksum
+            is settled.
 ``aiofile`` Buffered I/O through aiofile (caio: io_uring, Linux AIO or threads, whichever
             works here), for filesystems that refuse O_DIRECT (overlayfs, some NFS).
 
@@ -44,7 +46,7 @@ from atom_tier.tiers.chunk_format import (
     encode_header,
 )
 from atom_tier.tiers.engines import ChunkEngine, ReadItem, WriteItem
-from atom_tier.tiers.hash_lane import HashLane, HashLanes
+from atom_tier.tiers.hash_lane import HashLane, HashLanes, InlineHashing
 
 O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # Linux moves at most this many bytes per read/write call.
@@ -52,10 +54,13 @@ _MAX_IO = 0x7FFFF000
 # A payload is read in pieces of this size; each piece is hashed while the next is read, so
 # only the last piece's hash is not hidden behind I/O.
 READ_PIECE = 1 << 20
-# Payloads of this size and more are written body first and header (which holds the
-# checksum) last, so the body's write overlaps its own checksum; smaller ones were hashed
-# while the group's previous chunk was written and go out header and body in one write.
-HEADER_LAST_FROM = 1 << 20
+# Payloads of this size and more are hashed on the lane: written body first and header
+# (which holds the checksum) last, so the body's write overlaps its own checksum, and read
+# piece by piece. Smaller ones are hashed on the I/O thread, written header and body in one
+# write and read in one read: for 128-256 KiB chunks the hand-off to the lane cost more than
+# the hash (docs/benchmarks.md, "Small chunks hashed on the I/O thread"); at 2 MiB either
+# way measured the same.
+LANE_FROM = 1 << 20
 
 
 def buffer_address(view: memoryview) -> int | None:
@@ -147,7 +152,7 @@ def _cap(buffers: list[memoryview]) -> list[memoryview]:
 
 class DirectEngine(ChunkEngine):
     """O_DIRECT with aligned buffers, positional syscalls (which release the GIL), and each
-    payload's checksum computed on the I/O thread's hash lane while the I/O goes on."""
+    large payload's checksum computed on the I/O thread's hash lane while the I/O goes on."""
 
     name = "direct"
     o_direct = True
@@ -158,19 +163,26 @@ class DirectEngine(ChunkEngine):
 
     def write_chunks(self, items: Sequence[WriteItem]) -> list[Exception | None]:
         lane = self.lanes.mine()
-        # Every checksum of the group is queued first: the lane hashes chunk k+1 while chunk
-        # k is written, and a large chunk's own body while it is written.
-        checksums = [lane.checksum_of(item[4].cast("B"), DEFAULT_CHECKSUM) for item in items]
+        # The lane's checksums are queued first: it hashes large chunk k+1 while chunk k is
+        # written, and a large chunk's own body while it is written.
+        queued = [
+            lane.checksum_of(item[4].cast("B"), DEFAULT_CHECKSUM)
+            if item[4].nbytes >= LANE_FROM
+            else None
+            for item in items
+        ]
         out: list[Exception | None] = []
         try:
-            for item, checksum in zip(items, checksums, strict=True):
+            for item, checksum in zip(items, queued, strict=True):
+                if checksum is None:
+                    checksum = InlineHashing().checksum_of(item[4].cast("B"), DEFAULT_CHECKSUM)
                 try:
                     self._write_chunk(*item, checksum)
                     out.append(None)
                 except OSError as exc:
                     out.append(exc)
         finally:
-            wait(checksums)  # the lane reads the caller's buffers until then
+            wait([c for c in queued if c is not None])  # the lane reads the caller's buffers
         return out
 
     def read_chunks(self, items: Sequence[ReadItem]) -> list[Exception | None]:
@@ -180,7 +192,8 @@ class DirectEngine(ChunkEngine):
         try:
             for index, item in enumerate(items):
                 try:
-                    started.append((index, self._read_chunk(lane, *item)))
+                    hashing = lane if item[3].nbytes >= LANE_FROM else InlineHashing()
+                    started.append((index, self._read_chunk(hashing, *item)))
                 except (OSError, ChunkFormatError) as exc:
                     out[index] = exc
         finally:
@@ -213,11 +226,11 @@ class DirectEngine(ChunkEngine):
                 body = memoryview(bounce)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_DIRECT | os.O_CLOEXEC)
             try:
-                if size >= HEADER_LAST_FROM:  # body first, its checksum computed meanwhile
+                if size >= LANE_FROM:  # body first, its checksum computed meanwhile
                     pwrite_all(fd, [body], HEADER_BLOCK)
                     head[:] = encode_header(namespace, key, size, checksum.result())
                     pwrite_all(fd, [memoryview(head)], 0)
-                else:  # hashed while the group's previous chunk was written: one write
+                else:  # hashed on this thread already: one write
                     head[:] = encode_header(namespace, key, size, checksum.result())
                     pwrite_all(fd, [memoryview(head), body], 0)
             finally:
@@ -229,10 +242,16 @@ class DirectEngine(ChunkEngine):
                 self.pool.give(bounce)
 
     def _read_chunk(
-        self, lane: HashLane, path: str, namespace: bytes, key: bytes, out: memoryview
+        self,
+        lane: HashLane | InlineHashing,
+        path: str,
+        namespace: bytes,
+        key: bytes,
+        out: memoryview,
     ) -> _ReadChunk:
-        """Read a chunk piece by piece, each piece hashed on ``lane`` while the next is read;
-        header problems raise here, the payload's are found by ``_ReadChunk.check``."""
+        """Read a chunk piece by piece, each piece hashed on ``lane`` while the next is read
+        (or at once, inline); header problems raise here, the payload's are found by
+        ``_ReadChunk.check``."""
         body = out.cast("B")
         size = body.nbytes
         head = self.pool.take(HEADER_BLOCK)
@@ -245,7 +264,9 @@ class DirectEngine(ChunkEngine):
                 target = memoryview(bounce)
             fd = os.open(path, os.O_RDONLY | O_DIRECT | os.O_CLOEXEC)
             try:
-                asked = min(READ_PIECE, target.nbytes)
+                # Pieces only where the lane hashes one while the next is read.
+                piece = READ_PIECE if isinstance(lane, HashLane) else target.nbytes
+                asked = min(piece, target.nbytes)
                 got = pread_into(fd, [memoryview(head), target[:asked]]) - HEADER_BLOCK
                 if got < 0:
                     raise ChunkFormatError(CorruptionKind.TRUNCATED, "no whole header block")
@@ -264,7 +285,7 @@ class DirectEngine(ChunkEngine):
                     done += got
                     if got < asked or done >= target.nbytes:
                         break  # end of file, or all of it
-                    asked = min(READ_PIECE, target.nbytes - done)
+                    asked = min(piece, target.nbytes - done)
                     got = pread_into(fd, [target[done : done + asked]], HEADER_BLOCK + done)
                 chunk.payload_read = min(done, size)
             finally:

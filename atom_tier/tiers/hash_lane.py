@@ -5,6 +5,10 @@ XXH3 releases the GIL for pieces of 64 KiB and more, as do ``preadv``/``pwritev`
 cores the hash of one piece and the transfer of the next really run at the same time. A lane
 is one I/O thread's partner; the I/O thread alone feeds it, so pieces arrive in order and a
 lane needs no lock of its own (the queue is the only thing both threads touch).
+
+Small payloads are hashed on the I/O thread itself (:class:`InlineHashing`, same interface):
+for them the hand-off (three queue puts and a thread wake-up per chunk) costs more than the
+hash, on two cores (docs/benchmarks.md, "Small chunks hashed on the I/O thread").
 """
 
 from __future__ import annotations
@@ -74,6 +78,33 @@ class HashLane:
                     hasher.update(item)
                 except BaseException as exc:  # never expected; reported on the chunk's future
                     failure = exc
+
+
+class InlineHashing:
+    """A lane's interface for one chunk at a time, hashing on the calling thread: the
+    returned futures are already done. Not shared between threads."""
+
+    def __init__(self) -> None:
+        self._hasher: PayloadHasher | None = None
+
+    def begin(self, kind: ChecksumKind) -> None:
+        self._hasher = payload_hasher(kind)
+
+    def feed(self, piece: Piece) -> None:
+        assert self._hasher is not None, "piece fed before begin"
+        self._hasher.update(piece)
+
+    def end(self) -> Future[int]:
+        future: Future[int] = Future()
+        assert self._hasher is not None, "chunk ended before it began"
+        future.set_result(self._hasher.intdigest())
+        self._hasher = None
+        return future
+
+    def checksum_of(self, payload: Piece, kind: ChecksumKind) -> Future[int]:
+        self.begin(kind)
+        self.feed(payload)
+        return self.end()
 
 
 class HashLanes:

@@ -1,6 +1,7 @@
-"""The O_DIRECT engine's checksum beside its I/O: payloads hashed piece by piece on a partner
-thread while the next piece is read or written, header written last. Real files throughout;
-what is tested is that the overlap never lets a bad chunk through and never mixes chunks up.
+"""The O_DIRECT engine's checksum beside its I/O: large payloads hashed piece by piece on a
+partner thread while the next piece is read or written, header written last; small ones hashed
+on the I/O thread itself. Real files throughout; what is tested is that the overlap never lets a
+bad chunk through and never mixes chunks up.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from atom_tier.tiers.chunk_format import (
     file_size_for,
     payload_checksum,
 )
-from atom_tier.tiers.hash_lane import HashLane
+from atom_tier.tiers.hash_lane import HashLane, InlineHashing
 from atom_tier.tiers.nvme_store import NvmeChunkStore
 from tests.tiers.conftest import StoreFactory, disk_usage, engines, payload_for
 
 PIECE = direct_engine.READ_PIECE
-# Three whole pieces and one partial one: the read loop's every branch.
+# Hashed on the lane, read in whole pieces and one partial one: the read loop's every branch.
 BIG = 3 * PIECE + 8192
+assert BIG >= direct_engine.LANE_FROM
 SMALL = 128 * 1024
 CAP = 64 * file_size_for(BIG)
 pytestmark = pytest.mark.parametrize("engine", [p for p in engines() if p != "aiofile"])
@@ -128,8 +130,8 @@ def test_a_short_file_is_a_truncated_miss(
 def test_one_bad_chunk_in_a_group_fails_only_itself(
     tmp_path: Path, make_store: StoreFactory, engine: str
 ) -> None:
-    """Small chunks of one job share an I/O thread and its lane, checksums trailing the
-    reads: each verdict must land on its own chunk."""
+    """Small chunks of one job share an I/O thread, each hashed on it after its read: each
+    verdict must land on its own chunk."""
     store = make_store(tmp_path, CAP, engine=engine)
     keys = [b"%d" % i for i in range(8)]  # 8 x 128 KiB: one group
     assert store.submit_writes([(k, _aligned_copy(payload_for(k, SMALL))) for k in keys]).result()
@@ -141,6 +143,27 @@ def test_one_bad_chunk_in_a_group_fails_only_itself(
     for key, out, ok in zip(keys, outs, verdicts, strict=True):
         if ok:
             assert bytes(out) == payload_for(key, SMALL)
+    assert store.stats()["corrupt_checksum"] == 2
+
+
+def test_large_and_small_chunks_mixed_in_a_group_each_get_their_own_verdict(
+    tmp_path: Path, make_store: StoreFactory, engine: str
+) -> None:
+    """One I/O thread, large chunks hashed on its lane (checksums trailing the reads) and small
+    ones on the thread itself, interleaved: a bad chunk of either kind fails only itself."""
+    store = make_store(tmp_path, CAP, engine=engine, io_threads=1)
+    sizes = [BIG, SMALL, BIG, SMALL, BIG, SMALL]
+    keys = [b"mixed-%d" % i for i in range(len(sizes))]
+    writes = [(k, _aligned_copy(payload_for(k, n))) for k, n in zip(keys, sizes, strict=True)]
+    assert store.submit_writes(writes).result().written == len(keys)
+    _flip(_path(store, keys[1]), HEADER_BLOCK + 5)  # small
+    _flip(_path(store, keys[2]), HEADER_BLOCK + BIG - 1)  # large, last piece
+    outs = [memoryview(mmap.mmap(-1, n)) for n in sizes]
+    verdicts = store.submit_reads(list(zip(keys, outs, strict=True))).result()
+    assert verdicts == [True, False, False, True, True, True]
+    for key, size, out, ok in zip(keys, sizes, outs, verdicts, strict=True):
+        if ok:
+            assert bytes(out) == payload_for(key, size)
     assert store.stats()["corrupt_checksum"] == 2
 
 
@@ -203,3 +226,18 @@ def test_a_lane_hashes_pieces_to_the_one_shot_checksum(engine: str) -> None:
         assert futures[-1][1].result(10) == payload_checksum(payload[:5])
     finally:
         lane.close()
+
+
+def test_inline_hashing_matches_the_one_shot_checksum(engine: str) -> None:
+    """The I/O thread's own hashing of small chunks gives the header's checksum, piece by
+    piece or whole, and its futures are settled when returned."""
+    payload = payload_for(b"inline", SMALL)
+    for kind in ChecksumKind:
+        inline = InlineHashing()
+        inline.begin(kind)
+        for start in range(0, SMALL, 10_000):
+            inline.feed(memoryview(payload)[start : start + 10_000])
+        future = inline.end()
+        assert future.done() and future.result() == payload_checksum(payload, kind)
+    whole = InlineHashing().checksum_of(payload, ChecksumKind.XXH3_64)
+    assert whole.done() and whole.result() == payload_checksum(payload)
