@@ -3,16 +3,24 @@
 Runs ``atom-tier plan``'s simulator on exactly the configuration of ``bench/three_arms.py``
 (its defaults, or the same flags: traces, token scale, think times, users, duration, KV pool,
 DRAM and NVMe sizes) for each arm whose results are in ``--results`` (``arm-X/results``, as
-three_arms.py leaves them), with each request's time from a time model of one server
-(``--latency blocks``, the default, or ``throughput``; atom_tier/plan/latency.py) whose rates
-are the arm's (``arm-X/metrics-end.txt``: vLLM's prefill, decode and inference times, computed
-and generated tokens, the connector's loads), each flag-overridable and printed with the
-result; or, with ``--latency constant``, every request taking the arm's mean latency (how
-users interleave) and holding its device blocks for vLLM's mean inference time.
+three_arms.py leaves them; arm S with the sticky DRAM policy), with each request's time from
+a time model whose inputs are the arm's (``arm-X/metrics-end.txt``), printed with the result:
+
+- ``--latency steps`` (the default): vLLM's engine steps (atom_tier/plan/steps.py), their two
+  costs calibrated to the arm's mean prefill and decode times;
+- ``blocks`` or ``throughput``: one server with per-request rates (atom_tier/plan/latency.py:
+  vLLM's prefill, decode and inference times, computed and generated tokens, the connector's
+  loads), each flag-overridable;
+- ``constant``: every request takes the arm's mean latency (how users interleave) and holds
+  its device blocks for vLLM's mean inference time.
+
+``--measured-times`` sends each request when the arm sent it instead (no time model);
+``--jitter 0.05 --seeds 5`` with it moves each send by up to +-5 % of its latency, to show how
+much the hits hang on the exact order.
 
     PYTHONPATH=. .venv/bin/python bench/plan_vs_arms.py [three_arms.py flags] \
-        [--results out/three-arms] [--latency blocks|throughput|constant] [--align] \
-        [--measured-times] [--json out/plan-vs-arms.json]
+        [--results out/three-arms] [--latency steps|blocks|throughput|constant] [--align] \
+        [--measured-times [--jitter SHARE --seeds N]] [--json out/plan-vs-arms.json]
 """
 
 from __future__ import annotations
@@ -93,9 +101,9 @@ def predict(
     )
     chunk = opts.chunk_tokens
     per_chunk = chunk * kv_bytes_per_token(opts)
-    dram = int(opts.dram_gb * GIB // per_chunk) if arm in "BC" else 0
+    dram = int(opts.dram_gb * GIB // per_chunk) if arm in "BCS" else 0
     nvme = (TierSpec(NVME, int(opts.nvme_gb * GIB // per_chunk)),) if arm == "C" else ()
-    spec = HierarchySpec(TierSpec(DRAM, dram, "lru"), nvme)
+    spec = HierarchySpec(TierSpec(DRAM, dram, "sticky" if arm == "S" else "lru"), nvme)
     device_chunks = opts.kv_blocks * BLOCK_TOKENS // chunk
     timed, stepped, calibrated = None, None, None
     if steps is not None and measured_times is None:
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     traces = load_traces(opts.traces, limit=opts.limit_traces, seed=opts.seed)
     print(f"machine: {machine()} ({platform.python_version()})")
     rows, document = [], {}
-    for arm in "ABC":
+    for arm in "ABCS":  # S: B with the sticky DRAM policy
         got = measured(mine.results / f"arm-{arm}" / "results")
         if got is None:
             continue
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(f"| {arm} requests | {got['completed']:,} | {pred['requests']:,} | "
                     f"{_diff(pred['requests'], got['completed'])} | |")  # fmt: skip
         for _, source in TIERS:
-            if (source != "device" and arm == "A") or (source == "disk" and arm == "B"):
+            if (source != "device" and arm == "A") or (source == "disk" and arm in "BS"):
                 continue
             p, m = pred["hit_tokens"][source], got["hit_tokens"][source]
             ok = "" if arm == "A" or m == 0 else ("yes" if abs(p - m) <= GOAL * m else "no")

@@ -28,6 +28,10 @@ session. This model gives each request its own time:
 The rates are measured, not fitted to hits: :func:`server_model_from_metrics` reads them from
 a server's ``/metrics`` (vLLM's request prefill, decode and inference time histograms, its
 computed and generated token counters, the connector's load time and bytes).
+
+Its known flaw: the rates are measured while requests share the server, yet a request this
+model runs alone is not sped up as on the server. :mod:`atom_tier.plan.steps` models vLLM's
+engine steps instead (the default of ``bench/plan_vs_arms.py`` since three-arm run 8).
 """
 
 from __future__ import annotations
