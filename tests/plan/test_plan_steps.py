@@ -85,6 +85,9 @@ def test_requests_share_steps_and_a_decode_waits_beside_a_prefill() -> None:
     assert times.decode_s_per_token == pytest.approx(0.532 / 18)
     # The costs that made this schedule are the ones its means give back.
     assert solve_costs(times, 0.437, 0.532 / 18) == pytest.approx((0.01, 0.001))
+    # Decode steps faster than 0 fixed cost allows (2 x step_s + 417 x token_s = 0.5 and
+    # step_s + 19.56 x token_s = 0.001 give step_s < 0): no fixed cost, the prefill per token.
+    assert solve_costs(times, 0.5, 0.001) == pytest.approx((0.0, 0.5 / 417))
 
 
 def test_the_queue_head_waits_for_device_blocks() -> None:
