@@ -15,6 +15,9 @@ the API server, ``EngineArgs`` defaults):
    asynchronous load (``WAITING_FOR_REMOTE_KVS``) without the step: it runs once the load
    is done, before the waiting queue's head.
 
+A request stores the prompt chunks each of its steps completes in the DRAM tier, from that
+step on (vLLM's ``prepare_store`` at the step's schedule), not at its lookup.
+
 A step takes ``step_s`` + ``token_s`` x tokens scheduled in it. A request's first token comes
 at the end of the step that completes its prompt, each further token one step later; it ends
 with its last token, when its blocks are freed and its user thinks. So a request alone gets
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from atom_tier.plan.closed_loop import ClosedLoop
 from atom_tier.plan.device import DeviceCache, Held
-from atom_tier.plan.simulator import Hierarchy, HierarchySpec, SimulationResult
+from atom_tier.plan.simulator import Hierarchy, HierarchySpec, Looked, SimulationResult
 from atom_tier.plan.workload import PlannedRequest, Workload
 from atom_tier.replay.metrics import parse_prometheus
 from atom_tier.replay.traces import ReplayInputError
@@ -84,7 +87,7 @@ class _Running:
     prefill: int  # prompt tokens left to compute
     decode: int  # tokens left after the first
     device: Held
-    hierarchy: object
+    hierarchy: Looked | None
     scheduled: float = math.nan  # start of its first step (after any load)
 
 
@@ -129,18 +132,6 @@ class StepTimes:
         return sum(a - s for a, s in pairs) / len(self.sent)
 
 
-class _Hierarchy(Hierarchy):
-    """The tiers, with a request's recency update held until its end is known."""
-
-    def detach(self) -> object:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def hold_detached(self, pending: object, end: float) -> None:
-        self._pending = pending  # type: ignore[assignment]
-        self.hold(end)
-
-
 class StepSimulation:
     """The caches and vLLM's engine, step by step, over a :class:`ClosedLoop`'s requests."""
 
@@ -155,14 +146,14 @@ class StepSimulation:
     ) -> None:
         shape = Workload((), chunk_tokens, block_tokens, 0, 0, 0, 0.0)
         self.device = DeviceCache(shape, device_chunks)
-        self.hierarchy = _Hierarchy(spec, chunk_tokens)
+        self.hierarchy = Hierarchy(spec, chunk_tokens)
         self.model = model
         self.times = StepTimes()
         self._order: dict[int, int] = {}  # serial -> position in times
 
     def _admit(self, request: PlannedRequest, time: float) -> tuple[_Running, int]:
         device_tokens = self.device.lookup(request, time)
-        loaded = self.hierarchy.lookup(request, device_tokens, time)
+        loaded = self.hierarchy.lookup(request, device_tokens, time, defer=True)
         run = _Running(
             request,
             # vLLM computes at least the prompt's last token (hits stop before it).
@@ -231,6 +222,10 @@ class StepSimulation:
                     run.prefill -= tokens
                     if not run.prefill:
                         times.first_token[position] = end
+                    # The chunks this step completes are stored from its schedule on.
+                    if run.hierarchy is not None and run.hierarchy.pending:
+                        computed = run.request.input_tokens - run.prefill
+                        self.hierarchy.store(run.hierarchy, computed, now)
                 else:
                     run.decode -= 1
                     times.decoded += 1
