@@ -35,6 +35,9 @@ def server_times(path: Path) -> dict[str, float] | None:
     return {
         "queue_s": total("vllm:request_queue_time_seconds_sum") / count,
         "running_s": total("vllm:request_inference_time_seconds_sum") / count,
+        # Scheduled to first token, per request.
+        "prefill_s": total("vllm:request_prefill_time_seconds_sum")
+        / max(1.0, total("vllm:request_prefill_time_seconds_count")),
         # Requests the hit counters cover: finished, and running at the end (counted when
         # scheduled); the waiting ones are not counted yet.
         "admitted": count + total("vllm:num_requests_running"),
@@ -61,30 +64,43 @@ def measured(results: Path) -> dict[str, Any] | None:
 
 
 def at_measured_times(
-    workload: Workload, requests_csv: Path, jitter: float = 0.0, seed: int = 0
-) -> Workload:
-    """The requests the arm completed, sent when the arm sent them (``start_s`` of its
-    requests.csv) instead of at the planner's closed-loop times: what is left of the
-    difference is then the cache model's, not the time model's. ``jitter``: each send time
-    moved by a uniform draw in +-``jitter`` x that request's measured latency (``seed``), to
-    see how much the hits depend on the exact order."""
+    workload: Workload,
+    requests_csv: Path,
+    jitter: float = 0.0,
+    seed: int = 0,
+    prefill_s: float = 0.0,
+) -> tuple[Workload, list[tuple[float, float]]]:
+    """The requests the arm completed at the times the arm gave them (its requests.csv),
+    instead of the planner's closed-loop times: what is left of the difference is then the
+    cache model's, not the time model's. Each request is looked up at its estimated
+    admission, its first token (``start_s`` + ``ttft_s``) less the arm's mean prefill time
+    ``prefill_s`` (vLLM's ``request_prefill_time_seconds``), not before it was sent; it
+    stores its chunks at its first token (when vLLM has computed them) and ends at
+    ``start_s`` + ``latency_s``: the second list, (store time, end time) per request, in
+    the workload's order. ``jitter``: each request's times moved together by a uniform draw
+    in +-``jitter`` x its measured latency (``seed``), to see how much the hits depend on
+    the exact order."""
     draw = random.Random(seed)
     with requests_csv.open() as handle:
-        sent = {
-            (row["session"], int(row["cycle"]), int(row["request"])): float(row["start_s"])
-            + draw.uniform(-jitter, jitter) * float(row["latency_s"])
-            for row in csv.DictReader(handle)
-            if row["ok"] == "1"
-        }
+        sent: dict[tuple[str, int, int], tuple[float, float, float]] = {}
+        for row in csv.DictReader(handle):
+            if row["ok"] != "1":
+                continue
+            latency = float(row["latency_s"])
+            start = float(row["start_s"]) + draw.uniform(-jitter, jitter) * latency
+            first = start + float(row["ttft_s"])
+            key = (row["session"], int(row["cycle"]), int(row["request"]))
+            sent[key] = (max(start, first - prefill_s), first, start + latency)
     timed = sorted(
         (
-            dataclasses.replace(r, time=sent[key])
+            (sent[key], dataclasses.replace(r, time=sent[key][0]))
             for r in workload.requests
             if (key := (r.session_id, r.cycle, r.index)) in sent
         ),
-        key=lambda r: r.time,
+        key=lambda pair: pair[0][0],
     )
     if len(timed) != len(sent):
         raise SystemExit(f"{requests_csv}: {len(sent) - len(timed)} requests not in the plan")
-    requests = tuple(dataclasses.replace(r, serial=i) for i, r in enumerate(timed))
-    return dataclasses.replace(workload, requests=requests)
+    requests = tuple(dataclasses.replace(r, serial=i) for i, (_, r) in enumerate(timed))
+    times = [(first, end) for (_, first, end), _ in timed]
+    return dataclasses.replace(workload, requests=requests), times

@@ -14,9 +14,11 @@ a time model whose inputs are the arm's (``arm-X/metrics-end.txt``), printed wit
 - ``constant``: every request takes the arm's mean latency (how users interleave) and holds
   its device blocks for vLLM's mean inference time.
 
-``--measured-times`` sends each request when the arm sent it instead (no time model);
-``--jitter 0.05 --seeds 5`` with it moves each send by up to +-5 % of its latency, to show how
-much the hits hang on the exact order.
+``--measured-times`` gives each request the arm's own times instead (no time model): looked
+up at its first token less the arm's mean prefill time, its chunks stored at its first token,
+ended at its end (bench/arm_results.py ``at_measured_times``); ``--jitter 0.05 --seeds 5``
+with it moves each request by up to +-5 % of its latency, to show how much the hits hang on
+the exact order.
 
     PYTHONPATH=. .venv/bin/python bench/plan_vs_arms.py [three_arms.py flags] \
         [--results out/three-arms] [--latency steps|blocks|throughput|constant] [--align] \
@@ -40,10 +42,12 @@ from three_arms import parse_args as arm_args
 from three_arms_setup import machine
 
 from atom_tier.plan.closed_loop import ClosedLoop
+from atom_tier.plan.device import DeviceCache
 from atom_tier.plan.latency import ServerModel, TimedSimulation, server_model_from_metrics
 from atom_tier.plan.simulator import (
     DRAM,
     NVME,
+    Hierarchy,
     HierarchySpec,
     TierSpec,
     device_hits,
@@ -80,10 +84,13 @@ def predict(
     server: ServerModel | None = None,
     steps: StepTargets | None = None,
     jitter: tuple[float, int] = (0.0, 0),
+    prefill_s: float = 0.0,
 ) -> dict[str, Any]:
     """``server`` or ``steps``: the time model (each request's own latency; ``steps``: the
     targets of the engine-step model's calibration); None: ``request_s`` and ``hold_s`` for
-    every request. ``jitter``: (share of latency, seed) for ``measured_times``."""
+    every request. ``measured_times``: the arm's requests.csv, each request at its own
+    times (:func:`arm_results.at_measured_times`, with the arm's mean prefill time
+    ``prefill_s``); ``jitter``: (share of latency, seed) for it."""
     options = WorkloadOptions(
         users=opts.users,
         token_scale=opts.token_scale,
@@ -134,10 +141,16 @@ def predict(
         )  # fmt: skip
         result = timed.result()
         count = len(workload.requests)
+    elif measured_times is not None:
+        workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)
+        workload, ends = at_measured_times(workload, measured_times, *jitter, prefill_s=prefill_s)
+        cache = DeviceCache(workload, device_chunks)
+        pairs = zip(workload.requests, ends, strict=True)
+        device = [cache.step(r, r.time, end) for r, (_, end) in pairs]
+        result = Hierarchy(spec, chunk).run(workload, device, times=ends)
+        count = len(workload.requests)
     else:
         workload = build_workload(sessions, options, chunk_tokens=chunk, block_tokens=BLOCK_TOKENS)
-        if measured_times is not None:
-            workload = at_measured_times(workload, measured_times, *jitter)
         device = device_hits(workload, device_chunks, hold_s)
         result = simulate(workload, device, spec, hold_s)
         count = len(workload.requests)
@@ -164,14 +177,17 @@ def predict(
 
 
 def jittered(
-    opts: argparse.Namespace, sessions: Any, arm: str, sent: Path, jitter: float, seeds: int
-) -> dict[str, list[float]]:
+    opts: argparse.Namespace, sessions: Any, arm: str, sent: Path, jitter: float, seeds: int,
+    prefill_s: float,
+) -> dict[str, list[float]]:  # fmt: skip
     """Hit tokens per tier and prefill tokens, sent at the arm's times moved by ``jitter``
     (one list entry per seed)."""
     spread: dict[str, list[float]] = {source: [] for _, source in TIERS}
     spread["prefill"] = []
     for seed in range(seeds):
-        pred = predict(opts, sessions, arm, 0.0, 0.0, None, sent, jitter=(jitter, seed))
+        pred = predict(
+            opts, sessions, arm, 0.0, 0.0, None, sent, jitter=(jitter, seed), prefill_s=prefill_s
+        )
         for _, source in TIERS:
             spread[source].append(pred["hit_tokens"][source])
         spread["prefill"].append(pred["prefill_tokens"])
@@ -222,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument(
         "--measured-times",
         action="store_true",
-        help="send each request when the arm sent it (its requests.csv) instead of at the "
-        "planner's closed-loop times, to tell the cache model from the time model",
+        help="give each request the arm's own times (its requests.csv: looked up at its first "
+        "token less the arm's mean prefill time, stored at its first token, ended at its end) "
+        "instead of the planner's closed-loop times, to tell the cache model from the time model",
     )
     own.add_argument(
         "--latency",
@@ -296,13 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             server = dataclasses.replace(
                 server, **{k: v for k, v in given.items() if v is not None}
             )
+        prefill_s = times["prefill_s"] if times is not None else 0.0
         pred = predict(
             opts, traces.sessions, arm, request_s, hold_s, aligned,
-            sent if mine.measured_times else None, server, steps,
+            sent if mine.measured_times else None, server, steps, prefill_s=prefill_s,
         )  # fmt: skip
         document[arm] = {"measured": got, "predicted": pred}
         if mine.jitter:
-            spread = jittered(opts, traces.sessions, arm, sent, mine.jitter, mine.seeds)
+            spread = jittered(opts, traces.sessions, arm, sent, mine.jitter, mine.seeds, prefill_s)
             document[arm]["jitter"] = spread
             rows.extend(jitter_rows(arm, got, pred, spread, mine.jitter))
         if steps is not None:
@@ -324,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {arm} mean latency / queue s | {got['mean_latency_s']:.2f} / "
                         f"{queue_m} | {latency:.2f} / {pred['mean_queue_s']:.2f} | "
                         f"{_diff(latency, got['mean_latency_s'])} | |")  # fmt: skip
+        elif mine.measured_times:
+            rows.append(f"| **{arm}** | the arm's own times: looked up at its first token less "
+                        f"the mean prefill time {prefill_s:.3f} s, stored at its first token, "
+                        f"ended at its end | | | |")  # fmt: skip
         else:
             held = (
                 "server's running time" if times is not None and mine.hold_s is None
