@@ -17,6 +17,9 @@ from atom_tier.plan.workload import PlannedRequest, Workload
 # (vllm/v1/core/block_pool.py ``BlockPool.__init__``: ``self.null_block = ...popleft()``).
 NULL_BLOCKS = 1
 
+# What a running request holds: its serial, its keys in prompt order, its unhashed blocks.
+Held = tuple[int, list[int], int] | None
+
 
 def partial_blocks(request: PlannedRequest, found: int, present: Container[int]) -> int:
     """Blocks of chunk ``found`` (the first chunk missing) that still hit: the longest of the
@@ -54,7 +57,7 @@ class DeviceCache:
         self.size: dict[int, int] = {}  # blocks of a cached or held key not a whole chunk
         self.cached_blocks = self.held_blocks = 0
         self.running: list[tuple[float, int, list[int], int]] = []
-        self._pending: tuple[int, list[int], int] | None = None
+        self._pending: Held = None
 
     def __contains__(self, key: object) -> bool:
         return key in self.cached or key in self.held
@@ -121,6 +124,23 @@ class DeviceCache:
         if self.capacity is not None and self._pending is not None:
             heapq.heappush(self.running, (end, *self._pending))
         self._pending = None
+
+    def detach(self) -> Held:
+        """What the request last looked up holds, for :meth:`hold_detached` once its end is
+        known (a time model that steps the server finds it only when the request ends)."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    def hold_detached(self, held: Held, end: float) -> None:
+        """A detached request holds its blocks until ``end`` (not before its lookup)."""
+        self._pending = held
+        self.hold(end)
+
+    def fits(self, request: PlannedRequest, time: float) -> bool:
+        """Whether the blocks no running request holds at ``time`` can take ``request``'s
+        prompt's new blocks (vLLM's admission gate, as in :meth:`admit`)."""
+        self._end_running(time)
+        return self.capacity is None or self.capacity - self.held_blocks >= self.new_blocks(request)
 
     def lookup(self, request: PlannedRequest, time: float) -> int:
         """Hit tokens of ``request``, looked up at ``time``; :meth:`hold` says until when it

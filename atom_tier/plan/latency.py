@@ -21,13 +21,18 @@ session. This model gives each request its own time:
     ``running`` being the requests vLLM ran at once on average (inference time over the
     run's length): the server's measured throughput, right while it is saturated.
 
-  A request is looked up in the caches when admitted, not when sent, and holds its device
+  A request is looked up in the caches when admitted, not when sent, stores its chunks in
+  the DRAM tier at its first token (when vLLM has computed them), and holds its device
   blocks until it ends.
 - The answer comes back when the request ends: queue time + running time.
 
 The rates are measured, not fitted to hits: :func:`server_model_from_metrics` reads them from
 a server's ``/metrics`` (vLLM's request prefill, decode and inference time histograms, its
 computed and generated token counters, the connector's load time and bytes).
+
+Its known flaw: the rates are measured while requests share the server, yet a request this
+model runs alone is not sped up as on the server. :mod:`atom_tier.plan.steps` models vLLM's
+engine steps instead (the default of ``bench/plan_vs_arms.py`` since three-arm run 8).
 """
 
 from __future__ import annotations
@@ -133,14 +138,15 @@ class TimedSimulation:
             start = self.device.admit(request, start)
             self.last_admitted = start
         device_tokens = self.device.lookup(request, start)
-        loaded = self.hierarchy.lookup(request, device_tokens, start)
+        loaded = self.hierarchy.lookup(request, device_tokens, start, defer=True)
         prefilled = request.input_tokens - device_tokens - loaded
         running = self.model.running_s(prefilled, loaded, request.output_tokens)
         end = start + running
         if self.model.admission == "throughput":
             self.last_admitted = start + running / self.model.running
         self.device.hold(end)
-        self.hierarchy.hold(end)
+        # Its chunks are stored once computed: at its first token.
+        self.hierarchy.hold(end, start + self.model.running_s(prefilled, loaded, 1))
         self.times.sent.append(request.time)
         self.times.admitted.append(start)
         self.times.ended.append(end)

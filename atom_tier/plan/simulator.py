@@ -20,10 +20,19 @@ manager) and atom-tier's NVMe tier:
    does not hold it (write-on-store; an NVMe write or read makes the chunk its most recent).
 4. **Recency**: the DRAM policy sees every chunk the request loaded or offered, head first.
 
-Each request is applied at once when it is looked up: at its arrival, or, with the time
-model of :mod:`atom_tier.plan.latency`, when the server admits it (:meth:`Hierarchy.lookup`
-and :meth:`Hierarchy.hold` take one request at a time). Left out: chunks pinned while a
-transfer holds them, and a request that waits for its promotions.
+When each step happens, as in vLLM: the lookup when the server admits the request; the
+stores when its prompt's chunks are computed (the offloading connector's scheduler calls
+``prepare_store`` from ``build_connector_meta`` for the chunks each engine step completes,
+vllm/distributed/kv_transfer/kv_connector/v1/offloading/scheduler.py ``_build_store_jobs``;
+only then do the chunks take DRAM room, evict, and answer lookups, and they are written to
+the secondary tiers when the store completes, ``TieringOffloadingManager.complete_store``);
+the recency update when it ends. :meth:`Hierarchy.lookup` takes a request at its lookup time
+with, optionally, the time its chunks are stored (``store_at``: one store event, processed
+in time order with the other requests' lookups; :meth:`Hierarchy.store` stores up to a
+number of computed tokens, for a model that steps the engine); without, it stores at once.
+Left out: chunks pinned while a transfer holds them (a lookup of a chunk whose store is in
+flight waits for it in vLLM, ``HIT_PENDING``; here it is a miss before the store event and
+a hit after), and a request that waits for its promotions.
 """
 
 from __future__ import annotations
@@ -88,6 +97,19 @@ class SimulationResult:
         return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
+@dataclass(eq=False)
+class Looked:
+    """A request between its lookup and its end, as the connector tracks it."""
+
+    time: float  # of its lookup
+    serial: int
+    offered: list[tuple[int, int]]  # (chunk index, key) offered for storing, not stored yet
+    used: list[int]  # keys it loaded, then every key it offers, head first
+    inserted: list[int]  # keys it put into DRAM (promotions, stores)
+    reused: set[int] = field(default_factory=set)  # keys it found in DRAM (loaded, offered)
+    pending: bool = True  # its offered chunks are not all stored yet
+
+
 class Hierarchy:
     """DRAM tier and its secondary tiers for one configuration."""
 
@@ -95,8 +117,9 @@ class Hierarchy:
         self.chunk = chunk_tokens
         self.dram = make_policy(spec.dram.policy, spec.dram.chunks)
         self.connector = self.dram.capacity > 0  # no DRAM tier: no connector (loads go via DRAM)
-        self.finishing: list[tuple[float, int, list[int], set[int], set[int]]] = []
-        self._pending: tuple[float, int, list[int], set[int], set[int]] | None = None
+        self.finishing: list[tuple[float, int, Looked]] = []
+        self.storing: list[tuple[float, int, Looked]] = []  # deferred stores
+        self._pending: Looked | None = None
         self.secondaries: list[tuple[str, CachePolicy]] = [
             (tier.name, make_policy(tier.policy, tier.chunks))
             for tier in spec.secondaries
@@ -188,33 +211,53 @@ class Hierarchy:
             tier.touch(keys_of[::-1])
         return sources
 
-    def step(self, request: PlannedRequest, device_tokens: int, time: float, end: float) -> int:
+    def step(
+        self,
+        request: PlannedRequest,
+        device_tokens: int,
+        time: float,
+        end: float,
+        store_at: float | None = None,
+    ) -> int:
         """:meth:`lookup` and :meth:`hold` in one."""
-        loaded = self.lookup(request, device_tokens, time)
-        self.hold(end)
+        loaded = self.lookup(request, device_tokens, time, defer=store_at is not None)
+        self.hold(end, store_at)
         return loaded
 
-    def hold(self, end: float) -> None:
+    def hold(self, end: float, store_at: float | None = None) -> None:
         """The request last looked up ends at ``end``: the DRAM policy sees its recency
-        update then (at once when ``end`` is not after its lookup)."""
-        if self._pending is None:
+        update then (at once when ``end`` is not after its lookup). A deferred store
+        (:meth:`lookup` with ``defer``) still to come happens at ``store_at``: at once when
+        None or not after the lookup, and never after ``end``."""
+        looked = self._pending
+        if looked is None:
             return
-        time, serial, used, insertion_only, reused = self._pending
         self._pending = None
-        if end > time:
-            heapq.heappush(self.finishing, (end, serial, used, insertion_only, reused))
+        if looked.pending:
+            if store_at is None or store_at <= looked.time:
+                self._store(looked)
+            else:
+                store_at = min(store_at, max(end, looked.time))
+                heapq.heappush(self.storing, (store_at, looked.serial, looked))
+                end = max(end, store_at)
+        if end > looked.time:
+            heapq.heappush(self.finishing, (end, looked.serial, looked))
         else:
-            self.dram.on_request_finished(used, insertion_only, reused)
+            self._finished(looked)
 
-    def lookup(self, request: PlannedRequest, device_tokens: int, time: float) -> int:
+    def lookup(
+        self, request: PlannedRequest, device_tokens: int, time: float, defer: bool = False
+    ) -> int:
         """Apply ``request``, looked up at ``time`` with ``device_tokens`` hit on the device;
-        returns the tokens it loads from the tiers. :meth:`hold` says when it ends."""
+        returns the tokens it loads from the tiers. It stores its chunks at once, or with
+        ``defer`` when :meth:`hold`'s ``store_at`` or :meth:`store` say; :meth:`hold` says
+        when it ends."""
         chunk = self.chunk
-        result, dram, tiers = self.result, self.dram, self.result.tiers
-        # vLLM updates the DRAM tier's recency when a request ends, not when it is looked up
-        # and stored (the offloading connector scheduler's ``request_finished`` calls
-        # ``CPUOffloadingManager.on_request_finished``, vllm/v1/kv_offload/cpu/manager.py):
-        # requests that end meanwhile, and their stores, come in between.
+        result, tiers = self.result, self.result.tiers
+        # Stores and ends of other requests up to now come first. vLLM updates the DRAM
+        # tier's recency when a request ends, not when it is looked up and stored (the
+        # offloading connector scheduler's ``request_finished`` calls
+        # ``CPUOffloadingManager.on_request_finished``, vllm/v1/kv_offload/cpu/manager.py).
         self.finish(time)
         result.prompt_tokens += request.input_tokens
         tiers[DEVICE].hit_tokens += device_tokens
@@ -236,40 +279,95 @@ class Hierarchy:
         result.prefill_tokens += request.input_tokens - device_tokens - loaded
         # Offered for storing: after the load, or the whole prompt without one. Chunks
         # past the covered ones hold the request's own tail: new keys, never hit again.
-        offered = list(keys[stop:covered]) if stop < covered else []
-        offered += [hash(("tail", request.serial, i)) for i in range(max(stop, covered), full)]
-        new = [key for key in offered if key not in dram]
-        if new:
-            dram.on_store_miss(new)
-            if self._make_room(dram, DRAM, len(new), set(offered)):
-                for key in new:
-                    dram.insert(key)
-                tiers[DRAM].inserted += len(new)
-                inserted.extend(new)
-                self._write_through(new)
-            else:
-                result.stores_failed += 1
-                new = []
-        used = list(keys[start:stop]) + offered
-        insertion_only = set(inserted)
-        reused = {key for key in used if key not in insertion_only and key in dram}
-        self._pending = (time, request.serial, used, insertion_only, reused)
+        offered = list(enumerate(keys[stop:covered], stop)) if stop < covered else []
+        offered += [(i, hash(("tail", request.serial, i))) for i in range(max(stop, covered), full)]
+        looked = Looked(time, request.serial, offered, list(keys[start:stop]), inserted)
+        looked.used += [key for _, key in offered]
+        self._pending = looked
+        if not defer:
+            self._store(looked)
         return loaded
 
+    def store(self, looked: Looked, computed_tokens: int, time: float) -> None:
+        """``looked`` (a deferred request, from :meth:`detach`) has its first
+        ``computed_tokens`` prompt tokens computed at ``time``: its offered chunks within
+        them are stored (vLLM's ``prepare_store`` for the chunks an engine step completes)."""
+        self.finish(time)
+        self._store(looked, computed_tokens)
+
+    def _store(self, looked: Looked, computed_tokens: int | None = None) -> None:
+        dram = self.dram
+        count = len(looked.offered)
+        if computed_tokens is not None:
+            count = sum(
+                1 for index, _ in looked.offered if (index + 1) * self.chunk <= computed_tokens
+            )
+        batch = [key for _, key in looked.offered[:count]]
+        del looked.offered[:count]
+        looked.pending = bool(looked.offered)
+        new = [key for key in batch if key not in dram]
+        if new:
+            dram.on_store_miss(new)
+            # vLLM's prepare_store protects the keys of its call and stores none of a batch
+            # it cannot make room for.
+            if self._make_room(dram, DRAM, len(new), set(batch)):
+                for key in new:
+                    dram.insert(key)
+                self.result.tiers[DRAM].inserted += len(new)
+                looked.inserted.extend(new)
+                self._write_through(new)
+            else:
+                self.result.stores_failed += 1
+        inserted = set(looked.inserted)
+        looked.reused.update(k for k in looked.used if k not in inserted and k in dram)
+
+    def _finished(self, looked: Looked) -> None:
+        inserted = set(looked.inserted)
+        self.dram.on_request_finished(looked.used, inserted, looked.reused - inserted)
+
+    def detach(self) -> Looked | None:
+        """The request last looked up, for :meth:`store` and :meth:`hold_detached` (a time
+        model that steps the server finds its stores and end only later)."""
+        pending, self._pending = self._pending, None
+        return pending
+
+    def hold_detached(self, looked: Looked | None, end: float) -> None:
+        """A detached request ends at ``end``; what it has not stored yet is stored now."""
+        self._pending = looked
+        self.hold(end)
+
     def finish(self, time: float = math.inf) -> None:
-        """Recency updates of the requests that end by ``time`` (all: the workload's end)."""
-        finishing = self.finishing
-        while finishing and finishing[0][0] <= time:
-            _, _, used_keys, insertion_only_keys, reused_keys = heapq.heappop(finishing)
-            self.dram.on_request_finished(used_keys, insertion_only_keys, reused_keys)
+        """Deferred stores and recency updates up to ``time`` (all: the workload's end), in
+        time order, a store before an end at the same time."""
+        storing, finishing = self.storing, self.finishing
+        while storing or finishing:
+            at_store = storing[0][0] if storing else math.inf
+            at_end = finishing[0][0] if finishing else math.inf
+            if min(at_store, at_end) > time:
+                break
+            if at_store <= at_end:
+                self._store(heapq.heappop(storing)[2])
+            else:
+                self._finished(heapq.heappop(finishing)[2])
 
     def run(
-        self, workload: Workload, device: Sequence[int], finish_s: float = 0.0
+        self,
+        workload: Workload,
+        device: Sequence[int],
+        finish_s: float = 0.0,
+        times: Sequence[tuple[float, float]] | None = None,
     ) -> SimulationResult:
-        """Every request, each looked up when it is sent; ``finish_s``: seconds from a
-        request's lookup to its end (vLLM's running time of a request)."""
-        for request, device_tokens in zip(workload.requests, device, strict=True):
-            self.step(request, device_tokens, request.time, request.time + finish_s)
+        """Every request, each looked up at its time (when it is sent); ``finish_s``: seconds
+        from a request's lookup to its end (vLLM's running time of a request), its chunks
+        stored at its lookup. ``times``: instead, each request's (store time, end time)."""
+        for index, (request, device_tokens) in enumerate(
+            zip(workload.requests, device, strict=True)
+        ):
+            if times is None:
+                self.step(request, device_tokens, request.time, request.time + finish_s)
+            else:
+                store_at, end = times[index]
+                self.step(request, device_tokens, request.time, end, store_at)
         self.finish()
         return self.result
 
