@@ -109,6 +109,15 @@ class TimedRequests:
         return sum(a - s for a, s in zip(self.admitted, self.sent, strict=True)) / len(self.sent)
 
 
+def fresh_caches(
+    spec: HierarchySpec, device_chunks: int | None, chunk_tokens: int, block_tokens: int
+) -> tuple[DeviceCache, Hierarchy]:
+    """An empty device cache and tier hierarchy for a timed simulation."""
+    # The device cache reads only the chunk and block sizes from the workload.
+    shape = Workload((), chunk_tokens, block_tokens, 0, 0, 0, 0.0)
+    return DeviceCache(shape, device_chunks), Hierarchy(spec, chunk_tokens)
+
+
 class TimedSimulation:
     """The caches and the server, request by request, as the workload builder sends them:
     pass :meth:`respond` as :func:`~atom_tier.plan.workload.build_workload`'s ``respond``."""
@@ -122,10 +131,7 @@ class TimedSimulation:
         chunk_tokens: int,
         block_tokens: int,
     ) -> None:
-        # The device cache reads only the chunk and block sizes from the workload.
-        shape = Workload((), chunk_tokens, block_tokens, 0, 0, 0, 0.0)
-        self.device = DeviceCache(shape, device_chunks)
-        self.hierarchy = Hierarchy(spec, chunk_tokens)
+        self.device, self.hierarchy = fresh_caches(spec, device_chunks, chunk_tokens, block_tokens)
         self.model = model
         self.block_tokens = block_tokens
         self.last_admitted = 0.0

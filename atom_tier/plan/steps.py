@@ -41,9 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from atom_tier.plan.closed_loop import ClosedLoop
-from atom_tier.plan.device import DeviceCache, Held
-from atom_tier.plan.simulator import Hierarchy, HierarchySpec, Looked, SimulationResult
-from atom_tier.plan.workload import PlannedRequest, Workload
+from atom_tier.plan.device import Held
+from atom_tier.plan.latency import fresh_caches
+from atom_tier.plan.simulator import HierarchySpec, Looked, SimulationResult
+from atom_tier.plan.workload import PlannedRequest
 from atom_tier.replay.metrics import parse_prometheus
 from atom_tier.replay.traces import ReplayInputError
 
@@ -144,9 +145,7 @@ class StepSimulation:
         chunk_tokens: int,
         block_tokens: int,
     ) -> None:
-        shape = Workload((), chunk_tokens, block_tokens, 0, 0, 0, 0.0)
-        self.device = DeviceCache(shape, device_chunks)
-        self.hierarchy = Hierarchy(spec, chunk_tokens)
+        self.device, self.hierarchy = fresh_caches(spec, device_chunks, chunk_tokens, block_tokens)
         self.model = model
         self.times = StepTimes()
         self._order: dict[int, int] = {}  # serial -> position in times
