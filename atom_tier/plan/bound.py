@@ -22,9 +22,10 @@ never used again is dropped; a new key used later than every kept one is not adm
 * What a policy may hold: the simulator inserts only chunks a request offers (its chunks from
   the lookup's stop to ``covered``, and its own tail chunks, which no later request looks up),
   all within ``chain[:covered]``, at that request, before the next one is looked up; it evicts
-  only to make room. Any sequence of contents a policy produces is therefore one that pass 2's
-  freer model allows (keep any subset of the resident keys and the request's
-  ``chain[:covered]``, up to capacity).
+  only to make room (a policy can decline a store as well: an ``evict`` answering None fails
+  the request's whole store). Any sequence of contents a policy produces is therefore one
+  that pass 2's freer model allows (keep any subset of the resident keys and the request's
+  ``chain[:covered]``, up to capacity), where bypass is per chunk.
 * What a policy gets from it: the simulator counts a DRAM hit only for the contiguous run from
   ``start`` until the first missing chunk, and only when it loads at least one chunk; pass 2
   counts every resident chunk of the range, so the same contents never score less.
