@@ -8,6 +8,9 @@ and no NVMe tier. Two workloads: the planner's defaults (4 users, no max context
 published setup (32 users, max context 196,608). DRAM sizes are fractions of each workload's
 working-set peak (tokens used before and again after a request, `atom_tier.plan.sweep`).
 
+``min`` is Belady's MIN with bypass (``atom_tier.plan.bound``): not a policy but an upper bound
+on the DRAM hit tokens of every policy on the same workload and DRAM size.
+
 Then, for LRU and sticky at a few sizes, the two questions of issue 19
 (`atom_tier.plan.eviction_study`): does the policy evict the session that returns next
 (share of kept sessions that return later than the victim's: 1 = worst choice, 0 = best), and
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from three_arms_setup import machine
 
+from atom_tier.plan.bound import belady_min
 from atom_tier.plan.deployment import Deployment
 from atom_tier.plan.eviction_study import study_evictions
 from atom_tier.plan.simulator import DRAM, HierarchySpec, TierSpec, device_hits, simulate
@@ -46,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--traces", type=Path, default=Path("/work/shared/traces"))
     parser.add_argument("--setups", default="4,32", help="users of each workload: 4 and/or 32")
-    parser.add_argument("--policies", default="lru,arc,s3fifo,sticky")
+    parser.add_argument("--policies", default="lru,arc,s3fifo,sticky,min")
     parser.add_argument("--fractions", default="0.05,0.1,0.2,0.33,0.5,0.75,1,1.5")
     parser.add_argument("--diagnose", default="0.2,0.5,1", help="fractions for the questions")
     opts = parser.parse_args()
@@ -66,15 +70,20 @@ def main() -> int:
             f"hits {sum(device) / 1e6:,.1f}M, working-set peak {peak / 1e6:.2f}M tokens "
             f"({peak * DEPLOYMENT.kv_bytes_per_token / 2**30:,.0f} GiB)"
         )
-        print("| DRAM (x peak) | GiB | " + " | ".join(policies) + " |")
+        heads = [f"{p} (bound)" if p == "min" else p for p in policies]
+        print("| DRAM (x peak) | GiB | " + " | ".join(heads) + " |")
         print("|---|---|" + "---|" * len(policies))
         for fraction in _floats(opts.fractions):
             chunks = int(peak * fraction) // chunk
             gib = chunks * chunk * DEPLOYMENT.kv_bytes_per_token / 2**30
             cells = []
             for policy in policies:
-                result = simulate(workload, device, HierarchySpec(TierSpec(DRAM, chunks, policy)))
-                cells.append(f"{result.tiers[DRAM].hit_tokens / 1e6:,.1f}M")
+                if policy == "min":
+                    hits = belady_min(workload, device, chunks).hit_tokens
+                else:
+                    spec = HierarchySpec(TierSpec(DRAM, chunks, policy))
+                    hits = simulate(workload, device, spec).tiers[DRAM].hit_tokens
+                cells.append(f"{hits / 1e6:,.1f}M")
             print(f"| {fraction:g} | {gib:,.0f} | " + " | ".join(cells) + " |", flush=True)
         print(
             "\n| DRAM (x peak) | policy | DRAM hits | victims returning | kept sessions "
