@@ -184,6 +184,17 @@ def build_int4(arch: str) -> list[BuildResult]:
     return [_result(name, arch, compile_for(src, arch)) for name, src in int4_sources()]
 
 
+def build_int4_in_child(arch: str) -> list[BuildResult]:
+    """``build_int4`` in a fresh process. A process that has run kernels in Triton's
+    interpreter can keep ``triton.language`` patched for it (Triton 3.9's
+    ``InterpretedFunction.__call__``, the device-function path, never restores what
+    ``_patch_lang`` changed), and compiling there fails unless Triton's cache already holds
+    the kernel."""
+    ctx = multiprocessing.get_context("spawn")
+    with _children_compile(), ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(build_int4, arch).result()
+
+
 @contextlib.contextmanager
 def _children_compile() -> Iterator[None]:
     """Spawned builders must import Triton in compiled mode whatever this process runs in:

@@ -20,7 +20,7 @@ from atom_tier.kernels.aot import (
     BuildResult,
     FusedVariant,
     build_all,
-    build_int4,
+    build_int4_in_child,
     fused_variants,
 )
 
@@ -76,6 +76,6 @@ def test_every_fused_variant_builds(arch: str, dtype: torch.dtype, fused_builds:
 
 @pytest.mark.parametrize("arch", AMD_ARCHS)
 def test_int4_codec_builds(arch: str) -> None:
-    results = build_int4(arch)
+    results = build_int4_in_child(arch)  # this process may have run interpreted kernels
     assert len(results) == 4
     assert all(r.hsaco_bytes > 0 for r in results)
