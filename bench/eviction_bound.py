@@ -31,7 +31,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from plan_vs_arms import BLOCK_TOKENS, at_measured_times, kv_bytes_per_token, server_times
+from plan_vs_arms import (
+    BLOCK_TOKENS,
+    arm_workload_options,
+    at_measured_times,
+    kv_bytes_per_token,
+    server_times,
+)
 from three_arms import METRICS_END
 from three_arms import parse_args as arm_args
 from three_arms_setup import machine
@@ -39,7 +45,7 @@ from three_arms_setup import machine
 from atom_tier.plan.bound import belady_min
 from atom_tier.plan.simulator import DRAM, HierarchySpec, TierSpec, device_hits, simulate
 from atom_tier.plan.sweep import working_set
-from atom_tier.plan.workload import Workload, WorkloadOptions, build_workload
+from atom_tier.plan.workload import Workload, build_workload
 from atom_tier.replay.traces import load_traces
 from atom_tier.sizing import GIB
 
@@ -58,18 +64,8 @@ def _workloads(
     """(warm prefix, request time, workload, seconds a request holds its device blocks)."""
 
     def build(warm: float, request_s: float, duration: float) -> Workload:
-        options = WorkloadOptions(
-            users=opts.users,
-            token_scale=opts.token_scale,
-            think_scale=opts.think_scale,
-            max_think=opts.max_think,
-            max_context=opts.max_model_len,
-            max_output_tokens=opts.max_output_tokens,
-            request_s=request_s,
-            duration=duration,
-            recycle=True,
-            seed=opts.seed,
-            warm_prefix_pct=warm,
+        options = arm_workload_options(
+            opts, request_s=request_s, duration=duration, warm_prefix_pct=warm
         )
         return build_workload(
             sessions, options, chunk_tokens=mine.chunk_tokens, block_tokens=BLOCK_TOKENS

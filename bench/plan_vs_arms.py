@@ -73,6 +73,23 @@ def kv_bytes_per_token(opts: argparse.Namespace) -> int:
     return opts.layers * 2 * 64 * 2 * 2 if opts.model == "bench" else 512
 
 
+def arm_workload_options(opts: argparse.Namespace, **given: Any) -> WorkloadOptions:
+    """The workload three_arms.py's flags ``opts`` replay (recycling on), ``given`` (request
+    time, duration, ...) on top."""
+    shape: dict[str, Any] = dict(
+        users=opts.users,
+        token_scale=opts.token_scale,
+        think_scale=opts.think_scale,
+        max_think=opts.max_think,
+        max_context=opts.max_model_len,
+        max_output_tokens=opts.max_output_tokens,
+        recycle=True,
+        seed=opts.seed,
+        warm_prefix_pct=opts.warm_prefix_pct,
+    )
+    return WorkloadOptions(**(shape | given))
+
+
 def predict(
     opts: argparse.Namespace,
     sessions: Any,
@@ -91,20 +108,12 @@ def predict(
     every request. ``measured_times``: the arm's requests.csv, each request at its own
     times (:func:`arm_results.at_measured_times`, with the arm's mean prefill time
     ``prefill_s``); ``jitter``: (share of latency, seed) for it."""
-    options = WorkloadOptions(
-        users=opts.users,
-        token_scale=opts.token_scale,
-        think_scale=opts.think_scale,
-        max_think=opts.max_think,
-        max_context=opts.max_model_len,
-        max_output_tokens=opts.max_output_tokens,
+    options = arm_workload_options(
+        opts,
         request_s=request_s,
         # With the arm's own send times, plan well past its end and keep what it sent.
         duration=opts.duration * (4 if measured_times else 1),
         max_requests=None if measured_times else requests,
-        recycle=True,
-        seed=opts.seed,
-        warm_prefix_pct=opts.warm_prefix_pct,
     )
     chunk = opts.chunk_tokens
     per_chunk = chunk * kv_bytes_per_token(opts)
