@@ -8,6 +8,7 @@ the trace recorded, as in kv-cache-tester, so runs with different servers do equ
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,23 @@ from atom_tier.replay.metrics import CacheCounters
 from atom_tier.replay.traces import ReplayInputError
 
 _PROBE_TOP = 1 << 24  # larger than any vocabulary served today
+
+
+_REQUEST_ID = re.compile(r"^(?:cmpl-)?(?P<session>.+):(?P<cycle>\d+):(?P<index>\d+)(?:-.*)?$")
+
+
+def replay_request_id(session_id: str, cycle: int, index: int) -> str:
+    """The ``X-Request-Id`` of a session's ``index``-th request in recycling ``cycle``."""
+    return f"{session_id}:{cycle}:{index}"
+
+
+def parse_replay_request_id(request_id: str) -> tuple[str, int, int] | None:
+    """(session, cycle, index) from a vLLM request id built from :func:`replay_request_id`
+    (vLLM adds ``cmpl-`` before it and ``-<prompt>-<random>`` after), or None."""
+    match = _REQUEST_ID.match(request_id)
+    if match is None:
+        return None
+    return match["session"], int(match["cycle"]), int(match["index"])
 
 
 @dataclass(frozen=True)
@@ -174,8 +192,12 @@ class ReplayClient:
             return CacheCounters()
         return CacheCounters.from_text(reply.text)
 
-    async def complete(self, model: str, prompt: list[int], max_tokens: int) -> Completion:
-        """Send one streamed completion; never raises for a failed request."""
+    async def complete(
+        self, model: str, prompt: list[int], max_tokens: int, request_id: str | None = None
+    ) -> Completion:
+        """Send one streamed completion; never raises for a failed request. ``request_id``
+        goes in ``X-Request-Id``, which vLLM makes part of its own request id, so the
+        server's logs and connector name the replay's request."""
         payload: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
@@ -189,8 +211,11 @@ class ReplayClient:
         ttft: float | None = None
         chunks = 0
         usage: dict[str, Any] = {}
+        headers = {"X-Request-Id": request_id} if request_id else None
         try:
-            async with self._http.stream("POST", "/v1/completions", json=payload) as reply:
+            async with self._http.stream(
+                "POST", "/v1/completions", json=payload, headers=headers
+            ) as reply:
                 if reply.status_code != 200:
                     body = await reply.aread()
                     return Completion(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from atom_tier.replay.client import Completion, ReplayClient, ServerInfo
+from atom_tier.replay.client import Completion, ReplayClient, ServerInfo, replay_request_id
 from atom_tier.replay.metrics import CacheCounters, sum_counters
 from atom_tier.replay.routing import ROUTING_MODES, Router
 from atom_tier.replay.scheduler import RampController, SessionQueue, scaled_think
@@ -250,7 +250,12 @@ class Replay:
                 client = self.clients[self.router.pick(session, cycle)]
                 start = self._now()
                 output = self._output_tokens(len(prompt), shape.output_tokens)
-                answer = await client.complete(self.result.server.model, prompt, output)
+                answer = await client.complete(
+                    self.result.server.model,
+                    prompt,
+                    output,
+                    request_id=replay_request_id(session.session_id, cycle, index),
+                )
                 self._record(user, session, cycle, index, start, len(prompt), answer, client)
             else:
                 self.result.sessions_finished += 1

@@ -35,6 +35,8 @@ class StandInReplica:
         self.prompts: list[list[int]] = []
         # The body of every completion request it answered (prompt included).
         self.bodies: list[dict[str, Any]] = []
+        # The X-Request-Id header of each of those requests (None where it had none).
+        self.request_ids: list[str | None] = []
         self.cached_tokens = 0
         self.computed_tokens = 0
         self._lock = threading.Lock()
@@ -123,6 +125,7 @@ class StandInReplica:
                     return
                 with replica._lock:
                     replica.bodies.append(request)
+                    replica.request_ids.append(self.headers.get("X-Request-Id"))
                 prompt_tokens = replica._serve(list(request["prompt"]))
                 events = [{"choices": [{"index": 0, "text": "x"}]} for _ in range(tokens)]
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}

@@ -20,6 +20,7 @@ import pytest
 from stand_in_server import StandInReplica
 
 from atom_tier.replay import cli
+from atom_tier.replay.client import parse_replay_request_id
 from atom_tier.replay.report import REQUESTS_CSV, SUMMARY_JSON
 from atom_tier.replay.routing import Router
 from atom_tier.replay.synth import SynthSpec, write_traces
@@ -170,3 +171,23 @@ def test_a_replica_serving_another_model_is_one_clear_error(
     err = capsys.readouterr().err
     assert f"server {second.base_url} does not serve model 'tiny'" in err
     assert "Traceback" not in err
+
+
+def test_each_request_names_its_record_in_x_request_id(
+    replicas: tuple[StandInReplica, StandInReplica], traces: Path, tmp_path: Path
+) -> None:
+    """The id vLLM logs and hands the connector says which replay request it is."""
+    first, _ = replicas
+    out = tmp_path / "out"
+    assert _replay(traces, out, "--url", first.base_url, "--max-users", "2") == 0
+    parsed = [parse_replay_request_id(f"cmpl-{i}-0-1a2b3c4d") for i in first.request_ids]
+    sent = [ids for ids in parsed if ids is not None]
+    assert len(sent) == len(first.prompts)
+    recorded = [(r["session"], int(r["cycle"]), int(r["request"])) for r in _rows(out)]
+    assert sorted(sent) == sorted(recorded)
+    assert len(set(recorded)) == len(recorded)
+
+
+def test_a_vllm_request_id_not_from_the_replay_parses_to_none() -> None:
+    assert parse_replay_request_id("cmpl-3f1e9a7c0b2d4e6f-0-1a2b3c4d") is None
+    assert parse_replay_request_id("cmpl-trace_0367:1:12-0-1a2b3c4d") == ("trace_0367", 1, 12)
