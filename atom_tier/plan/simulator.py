@@ -30,15 +30,18 @@ the recency update when it ends. :meth:`Hierarchy.lookup` takes a request at its
 with, optionally, the time its chunks are stored (``store_at``: one store event, processed
 in time order with the other requests' lookups; :meth:`Hierarchy.store` stores up to a
 number of computed tokens, for a model that steps the engine); without, it stores at once.
-Left out: chunks pinned while a transfer holds them (a lookup of a chunk whose store is in
-flight waits for it in vLLM, ``HIT_PENDING``; here it is a miss before the store event and
-a hit after), and a request that waits for its promotions.
+With a deferred store, the chunks a request loads are pinned (vLLM's ``prepare_load`` raises
+their ``ref_cnt``; ``evict`` passes them over) until its first store: vLLM computes nothing of
+a request before its load is done (``complete_load``). Left out: chunks pinned while their own
+store is in flight (a lookup of one waits for it in vLLM, ``HIT_PENDING``; here it is a miss
+before the store event and a hit after), and a request that waits for its promotions.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -46,55 +49,17 @@ from atom_tier.plan.device import NULL_BLOCKS as NULL_BLOCKS
 from atom_tier.plan.device import ceiling_hits as ceiling_hits
 from atom_tier.plan.device import device_hits as device_hits
 from atom_tier.plan.policies import CachePolicy, make_policy
+from atom_tier.plan.tier_types import DEVICE as DEVICE
+from atom_tier.plan.tier_types import DRAM as DRAM
+from atom_tier.plan.tier_types import NVME as NVME
+from atom_tier.plan.tier_types import SHARED as SHARED
+from atom_tier.plan.tier_types import HierarchySpec as HierarchySpec
+from atom_tier.plan.tier_types import SimulationResult as SimulationResult
+from atom_tier.plan.tier_types import TierCounters as TierCounters
+from atom_tier.plan.tier_types import TierSpec as TierSpec
 from atom_tier.plan.workload import PlannedRequest, Workload
 
 _NOTHING: frozenset[int] = frozenset()
-
-DEVICE = "device"
-DRAM = "dram"
-NVME = "nvme"
-SHARED = "shared"
-
-
-@dataclass(frozen=True)
-class TierSpec:
-    name: str
-    chunks: int
-    policy: str = "lru"
-
-
-@dataclass(frozen=True)
-class HierarchySpec:
-    """Capacities in chunks; secondary tiers are looked up in order after DRAM."""
-
-    dram: TierSpec
-    secondaries: tuple[TierSpec, ...] = ()
-
-
-@dataclass
-class TierCounters:
-    hit_tokens: int = 0
-    inserted: int = 0
-    evicted: int = 0
-    promotions_failed: int = 0
-
-
-@dataclass
-class SimulationResult:
-    """Token counts of one configuration over the whole workload."""
-
-    prompt_tokens: int = 0
-    prefill_tokens: int = 0
-    tiers: dict[str, TierCounters] = field(default_factory=dict)
-    stores_failed: int = 0
-
-    @property
-    def hit_tokens(self) -> int:
-        return sum(t.hit_tokens for t in self.tiers.values())
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @dataclass(eq=False)
@@ -108,6 +73,7 @@ class Looked:
     inserted: list[int]  # keys it put into DRAM (promotions, stores)
     reused: set[int] = field(default_factory=set)  # keys it found in DRAM (loaded, offered)
     pending: bool = True  # its offered chunks are not all stored yet
+    pins: list[int] = field(default_factory=list)  # keys it loads, pinned until its first store
 
 
 class Hierarchy:
@@ -120,6 +86,7 @@ class Hierarchy:
         self.finishing: list[tuple[float, int, Looked]] = []
         self.storing: list[tuple[float, int, Looked]] = []  # deferred stores
         self._pending: Looked | None = None
+        self.pinned: Counter[int] = Counter()  # DRAM keys loads in flight hold
         self.secondaries: list[tuple[str, CachePolicy]] = [
             (tier.name, make_policy(tier.policy, tier.chunks))
             for tier in spec.secondaries
@@ -142,6 +109,18 @@ class Hierarchy:
             return False
         self.result.tiers[name].evicted += len(victims)
         return True
+
+    def _protect(self, keys: Collection[int]) -> Collection[int]:
+        """``keys`` and the chunks loads in flight pin: what an eviction may not take."""
+        return set(keys).union(self.pinned)
+
+    def _unpin(self, looked: Looked) -> None:
+        pinned = self.pinned
+        for key in looked.pins:
+            pinned[key] -= 1
+            if not pinned[key]:
+                del pinned[key]
+        looked.pins = []
 
     def _write_through(self, keys: Sequence[int]) -> None:
         for name, tier in self.secondaries:
@@ -181,9 +160,11 @@ class Hierarchy:
                 break
         if not promoted:
             return sources
-        # DRAM can give every chunk but the run's own DRAM hits: past that, promotion fails
-        # and the run stops at that chunk (vLLM: the lookup answers MISS).
-        room = dram.capacity - (len(sources) - sum(len(v) for v in promoted.values()))
+        # DRAM can give every chunk but the run's own DRAM hits and the chunks loads in flight
+        # pin: past that, promotion fails and the run stops at that chunk (vLLM: the lookup
+        # answers MISS).
+        found = [keys[start + i] for i, source in enumerate(sources) if source == DRAM]
+        room = dram.capacity - len(self._protect(found))
         taken = 0
         for position, source in enumerate(sources):
             if source != DRAM:
@@ -197,7 +178,7 @@ class Hierarchy:
         if not batch:
             return sources
         dram.on_store_miss(batch)
-        made = self._make_room(dram, DRAM, len(batch), kept)
+        made = self._make_room(dram, DRAM, len(batch), self._protect(kept))
         assert made, "room was counted above"
         for name, tier in secondaries:
             keys_of = [key for key in promoted.get(name, ()) if key in kept]
@@ -233,6 +214,9 @@ class Hierarchy:
         if looked is None:
             return
         self._pending = None
+        # A model that says only when the request ends and stores does not say when its load
+        # is done: it pins nothing (a load takes about a step, far less than the request).
+        self._unpin(looked)
         if looked.pending:
             if store_at is None or store_at <= looked.time:
                 self._store(looked)
@@ -286,7 +270,16 @@ class Hierarchy:
         self._pending = looked
         if not defer:
             self._store(looked)
+        elif stop:
+            looked.pins = list(keys[start:stop])
+            self.pinned.update(looked.pins)
         return loaded
+
+    def loaded(self, looked: Looked, time: float) -> None:
+        """``looked``'s load is done at ``time``: its chunks can be evicted again (vLLM's
+        ``complete_load``; without this call, at its first store)."""
+        self.finish(time)
+        self._unpin(looked)
 
     def store(self, looked: Looked, computed_tokens: int, time: float) -> None:
         """``looked`` (a deferred request, from :meth:`detach`) has its first
@@ -297,6 +290,7 @@ class Hierarchy:
 
     def _store(self, looked: Looked, computed_tokens: int | None = None) -> None:
         dram = self.dram
+        self._unpin(looked)  # its load is done: vLLM computes its prompt only after it
         count = len(looked.offered)
         if computed_tokens is not None:
             count = sum(
@@ -310,7 +304,7 @@ class Hierarchy:
             dram.on_store_miss(new)
             # vLLM's prepare_store protects the keys of its call and stores none of a batch
             # it cannot make room for.
-            if self._make_room(dram, DRAM, len(new), set(batch)):
+            if self._make_room(dram, DRAM, len(new), self._protect(batch)):
                 for key in new:
                     dram.insert(key)
                 self.result.tiers[DRAM].inserted += len(new)
@@ -322,6 +316,7 @@ class Hierarchy:
         looked.reused.update(k for k in looked.used if k not in inserted and k in dram)
 
     def _finished(self, looked: Looked) -> None:
+        self._unpin(looked)
         inserted = set(looked.inserted)
         self.dram.on_request_finished(looked.used, inserted, looked.reused - inserted)
 

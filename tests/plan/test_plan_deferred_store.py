@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from plan_helpers import session, workload
 
-from atom_tier.plan.simulator import DRAM, Hierarchy, HierarchySpec, TierSpec
+from atom_tier.plan.simulator import DRAM, NVME, Hierarchy, HierarchySpec, TierSpec
+from atom_tier.plan.workload import PlannedRequest
 
 IDS_4 = list(range(1, 5))  # 266 tokens with a 10-token tail: chunk 0
 IDS_8 = list(range(1, 9))  # 522 tokens: chunks 0 and 1
@@ -83,3 +84,68 @@ def test_chunks_are_stored_as_the_steps_compute_them() -> None:
     assert tiers.result.tiers[DRAM].inserted == 8
     assert tiers.result.tiers[DRAM].hit_tokens == 512
     assert tiers.result.prefill_tokens == 778 + (1034 - 512) + 1034
+
+
+def _warm(tiers: Hierarchy, *requests: tuple[PlannedRequest, float]) -> None:
+    """Each request looked up, stored and ended at its time."""
+    for request, time in requests:
+        tiers.lookup(request, 0, time)
+        tiers.hold(time)
+
+
+def test_chunks_a_load_holds_are_not_evicted_until_the_load_is_done() -> None:
+    a = session("a", [(IDS_8, 10), (IDS_12, 10)])
+    b, c = session("b", [(IDS_4, 10)]), session("c", [(IDS_4, 10)])
+    a0, b0, a1, c0 = workload([(a, 0), (b, 0), (a, 1), (c, 0)]).requests
+    for done in (False, True):
+        tiers = Hierarchy(lru(3), 256)
+        # The 3-chunk tier holds, least recent first: a's chunk 1, a's chunk 0, b's chunk.
+        _warm(tiers, (a0, 0.0), (b0, 1.0))
+        # a's second request loads a's chunks 0-1 (512 tokens); vLLM pins them
+        # (prepare_load) until the load is done (complete_load).
+        assert tiers.lookup(a1, 0, 2.0, defer=True) == 512
+        looked = tiers.detach()
+        assert looked is not None
+        if done:
+            tiers.loaded(looked, 2.5)
+        # c's chunk needs one chunk of room at t = 3: the least recent one no load holds.
+        _warm(tiers, (c0, 3.0))
+        if done:  # a's chunk 1, the least recent, goes
+            assert a1.chain[1] not in tiers.dram and b0.chain[0] in tiers.dram
+        else:  # a's chunks are held: b's goes
+            assert a1.chain[0] in tiers.dram and a1.chain[1] in tiers.dram
+            assert b0.chain[0] not in tiers.dram
+        assert tiers.result.tiers[DRAM].evicted == 1
+
+
+def test_a_load_in_flight_leaves_no_room_to_promote_into() -> None:
+    a = session("a", [(IDS_8, 10), (IDS_12, 10)])
+    b = session("b", [(IDS_8, 10), (IDS_12, 10)])
+    a0, b0, b1, a1 = workload([(a, 0), (b, 0), (b, 1), (a, 1)]).requests
+    spec = HierarchySpec(TierSpec(DRAM, 2, "lru"), (TierSpec(NVME, 16),))
+    for done in (False, True):
+        tiers = Hierarchy(spec, 256)
+        # DRAM (2 chunks) holds b's chunks 0-1; NVMe holds a's and b's (written on store).
+        _warm(tiers, (a0, 0.0), (b0, 1.0))
+        assert tiers.lookup(b1, 0, 2.0, defer=True) == 512  # b's chunks pinned
+        looked = tiers.detach()
+        assert looked is not None
+        if done:
+            tiers.loaded(looked, 2.5)
+        # a's second request finds a's chunks 0-1 on NVMe: promoting them into DRAM needs
+        # both of its chunks, which b's load holds until it is done.
+        assert tiers.lookup(a1, 0, 3.0) == (512 if done else 0)
+        assert tiers.result.tiers[NVME].promotions_failed == (0 if done else 1)
+
+
+def test_a_model_that_gives_no_load_time_pins_nothing() -> None:
+    a = session("a", [(IDS_8, 10), (IDS_12, 10)])
+    b, c = session("b", [(IDS_4, 10)]), session("c", [(IDS_4, 10)])
+    a0, b0, a1, c0 = workload([(a, 0), (b, 0), (a, 1), (c, 0)]).requests
+    tiers = Hierarchy(lru(3), 256)
+    _warm(tiers, (a0, 0.0), (b0, 1.0))
+    # Stores at its first token (t = 8) and ends at t = 9: the load's own end is not given.
+    assert tiers.lookup(a1, 0, 2.0, defer=True) == 512
+    tiers.hold(9.0, store_at=8.0)
+    _warm(tiers, (c0, 3.0))
+    assert a1.chain[1] not in tiers.dram and b0.chain[0] in tiers.dram
