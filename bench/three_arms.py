@@ -55,6 +55,16 @@ ARMS = {
     "S": "+ DRAM tier, sticky eviction",
 }
 CONNECTOR = json.dumps({"kv_connector": "AtomTierConnector", "kv_role": "kv_both"})
+TRACED_CONNECTOR = json.dumps(
+    {
+        "kv_connector": "AtomTierConnector",
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": {
+            "eviction_policy": "TracedLRUCachePolicy",
+            "cache_policy_module_path": "bench.dram_trace",
+        },
+    }
+)
 SECTION = "## Three-arm replay"
 BEGIN, END = "<!-- three-arms:begin -->", "<!-- three-arms:end -->"
 METRICS_END = "metrics-end.txt"
@@ -113,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "out" / "three-arms")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument(
+        "--trace-dram",
+        action="store_true",
+        help="B and C log their DRAM tier's decisions to arm-X/dram-trace.jsonl "
+        "(bench/dram_trace.py; for bench/plan_vs_logged.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -122,8 +138,11 @@ def arm_server(arm: str, opts: argparse.Namespace, nvme_dir: Path) -> tuple[list
             "--max-model-len", str(opts.max_model_len)]  # fmt: skip
     env = {"ATOM_TIER_CONNECTOR": "off"}
     if arm in ("B", "C", "S"):
-        args += ["--kv-transfer-config", CONNECTOR]
+        traced = getattr(opts, "trace_dram", False) and arm != "S"
+        args += ["--kv-transfer-config", TRACED_CONNECTOR if traced else CONNECTOR]
         env = {"ATOM_TIER_CONNECTOR": "native", "ATOM_TIER_DRAM_GB": str(opts.dram_gb)}
+        if traced:  # the engine core imports bench.dram_trace from the checkout
+            env["PYTHONPATH"] = str(REPO)
     if arm == "S":
         env["ATOM_TIER_EVICTION"] = "sticky"
     if arm == "C":
