@@ -88,7 +88,7 @@ class Logged:
 def read_trace(path: Path) -> tuple[dict[Key, Logged], dict[str, int]]:
     """The trace's requests by replay key, and counts of what it could not place."""
     requests: dict[Key, Logged] = {}
-    counts = {"foreign": 0, "failed_stores": 0, "evict_none": 0}
+    counts = {"failed_stores": 0, "evict_none": 0}
     with path.open() as handle:
         for line in handle:
             event = json.loads(line)
@@ -99,8 +99,7 @@ def read_trace(path: Path) -> tuple[dict[Key, Logged], dict[str, int]]:
             if op == "trace-error":
                 raise SystemExit(f"{path}: the trace logged an error: {event}")
             key = parse_replay_request_id(event["req"])
-            if key is None:
-                counts["foreign"] += 1  # the bench's probe requests
+            if key is None:  # the bench's probe requests, sent without a replay id
                 continue
             logged = requests.setdefault(key, Logged())
             t = event["t"]
@@ -199,6 +198,7 @@ def replay_arm(
                                      BLOCK_TOKENS)  # fmt: skip
     live: dict[Key, tuple[Any, Any]] = {}
     contents = ServerDram(planned, chunk)
+    start = min(r.looks[0][0] for r in logged.values() if r.looks)
     diverged: list[str] = []
     server = {"device": 0, "tiers": 0, "prompt": 0}
     model = {"device": 0, "tiers": 0}
@@ -211,9 +211,9 @@ def replay_arm(
             contents.apply(key, new, victims)
         elif what == "look":
             planner_dram = set(getattr(hierarchy.dram, "order", ()))
-            if arm == "B" and planner_dram != contents.keys:
+            if planner_dram != contents.keys:
                 if not diverged:
-                    diverged.append(f"  first at {time - first_time(logged):.3f} s, before "
+                    diverged.append(f"  first at {time - start:.3f} s, before "
                                     f"{':'.join(map(str, key))}: "
                                     f"{contents.differences(planner_dram)}")  # fmt: skip
                 diverged.append("")
@@ -232,7 +232,7 @@ def replay_arm(
             model["device"] += p_device
             model["tiers"] += p_hit
             if (s_device, s_hit) != (p_device, p_hit) and len(differ) < show:
-                differ.append(f"  {time - first_time(logged):8.3f} s {':'.join(map(str, key))}: "
+                differ.append(f"  {time - start:8.3f} s {':'.join(map(str, key))}: "
                               f"server device {s_device} tiers {s_hit}, "
                               f"planner device {p_device} tiers {p_hit}")  # fmt: skip
         elif what == "loaded":
@@ -260,10 +260,6 @@ def replay_arm(
         "differ": differ,
         "diverged": diverged,
     }
-
-
-def first_time(logged: dict[Key, Logged]) -> float:
-    return min(r.looks[0][0] for r in logged.values() if r.looks)
 
 
 def _pct(predicted: float, actual: float) -> str:

@@ -184,8 +184,9 @@ class StepSimulation:
                 plan.append((run, tokens))
                 budget -= tokens
             for ready, _, loading_run in loading:  # vLLM's complete_load unpins their chunks
-                if ready <= now and loading_run.hierarchy is not None:
-                    self.hierarchy.loaded(loading_run.hierarchy, ready)
+                looked = loading_run.hierarchy
+                if ready <= now and looked is not None and looked.pins:
+                    self.hierarchy.loaded(looked, ready)
             # Loads done come first (vLLM's ``kv_holding_waiting``), then the queue's head.
             while loading and loading[0][0] <= now and budget and len(running) < model.max_running:
                 run = heapq.heappop(loading)[2]
